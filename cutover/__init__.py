@@ -1,0 +1,1 @@
+"""Intake gate, runbooks and the operator CLI (`standbyctl`), the composition root."""

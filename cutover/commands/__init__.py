@@ -1,0 +1,1 @@
+"""standbyctl subcommands, one module per group."""

@@ -1,0 +1,51 @@
+"""standbyctl serve: run one site's HTTP API and its Ray workers in the foreground."""
+from __future__ import annotations
+
+import click
+
+from cutover.context import CliContext, fail, pass_cli, site_option
+from standby.domain.states import SiteRole
+from standby.ray_runtime import ensure_ray, shutdown_ray
+from standby.site_process import build_site, run_forever
+from standby.store.engine import make_engine
+from standby.store.migrate import current_revision, head_revision
+from standby.store.site import read_control
+
+
+@click.command()
+@site_option
+@click.option("--role", type=click.Choice([r.value for r in SiteRole]), default=None,
+              help="the role you expect this site to hold; serving stops with an error if its database says otherwise")
+@click.option("--host", default=None, help="listen address (default: from the settings)")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="listen port (default: from the settings)")
+@pass_cli
+def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, port: int | None) -> None:
+    """Serve SITE's HTTP API (OpenAPI at /docs, metrics at /metrics) until Ctrl-C or SIGTERM.
+
+    A primary accepts intake; a standby answers reads and refuses writes naming the primary."""
+    cli.check_site(site_id)
+    settings = cli.settings
+    engine = make_engine(settings.database_url(site_id))
+    revision = current_revision(engine)
+    if revision != head_revision():
+        fail(f"site {site_id}'s schema is at {revision or 'nothing'}, not {head_revision()}; "
+             f"run `standbyctl db upgrade --site {site_id}`")
+    control = read_control(engine, site_id)
+    if role and control.role.value != role:
+        fail(f"site {site_id} is {control.role.value} in its database, not {role}; roles change through a runbook")
+    http = settings.site(site_id).http
+    host, port = host or http.host, port or http.port
+    started_ray = ensure_ray(settings.ray.address, settings.ray.num_cpus)
+    site = build_site(settings, site_id)
+    if not len(site.services.tokens):
+        click.secho(f"warning: no tokens in {settings.path(settings.auth.tokens_file)}; every API call will get 401. "
+                    "Issue some with `standbyctl tokens issue`.", fg="yellow", err=True)
+    click.echo(f"site {site_id}: {control.role.value}, epoch {control.epoch}, intake {control.intake_state.value}; "
+               f"{settings.ray.workers} clearance workers on Ray")
+    click.echo(f"serving http://{host}:{port}  (API docs /docs, metrics /metrics, readiness /readyz)")
+    try:
+        run_forever(site.app, host, port)
+    finally:
+        site.close()
+        if started_ray:
+            shutdown_ray()

@@ -1,0 +1,66 @@
+"""standbyctl status: every site's role, epoch, intake, schema and counts, from its database and its API."""
+from __future__ import annotations
+
+import json
+
+import click
+import httpx
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+
+from cutover.context import CliContext, pass_cli
+from standby.store.engine import make_engine
+from standby.store.migrate import current_revision
+from standby.store.schema import declarations, enterprises
+from standby.store.site import read_control
+
+
+@click.command()
+@click.option("--site", "site_ids", multiple=True, metavar="ID", help="only these sites (default: all)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@pass_cli
+def status(cli: CliContext, site_ids: tuple[str, ...], as_json: bool) -> None:
+    """Show each site's role, epoch, intake state, schema revision, row counts and whether its API answers."""
+    settings = cli.settings
+    for site_id in site_ids:
+        cli.check_site(site_id)
+    rows = [_site_status(settings, s) for s in (site_ids or settings.sites)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        if r.get("error"):
+            click.echo(f"site {r['site']}: {r['error']}")
+            continue
+        states = ", ".join(f"{k} {v:,}" for k, v in sorted(r["declarations_by_state"].items())) or "none"
+        click.echo(f"site {r['site']}: {r['role']}, epoch {r['epoch']}, intake {r['intake_state']}, "
+                   f"schema {r['schema']}; API {r['api']}")
+        click.echo(f"  enterprises {r['enterprises']:,}; declarations: {states}")
+    primaries = [r["site"] for r in rows if r.get("role") == "primary"]
+    if len(primaries) > 1:
+        click.secho(f"WARNING: more than one site claims primary: {', '.join(primaries)}", fg="red")
+
+
+def _site_status(settings, site_id: str) -> dict:
+    engine = make_engine(settings.database_url(site_id), writer=False)
+    try:
+        control = read_control(engine, site_id)
+        if control is None:
+            return {"site": site_id, "error": "no schema or control row (run standbyctl db upgrade)"}
+        with engine.connect() as conn:
+            by_state = dict(conn.execute(select(declarations.c.state, func.count()).group_by(declarations.c.state)).all())
+            n_ent = conn.execute(select(func.count()).select_from(enterprises)).scalar()
+        schema = current_revision(engine)
+    except OperationalError as exc:
+        return {"site": site_id, "error": f"database unreachable: {exc.orig}"}
+    finally:
+        engine.dispose()
+    http = settings.site(site_id).http
+    try:
+        ready = httpx.get(f"http://{http.host}:{http.port}/readyz", timeout=1.0)
+        api = f"up at http://{http.host}:{http.port} ({'ready' if ready.status_code == 200 else 'not ready'})"
+    except httpx.HTTPError:
+        api = "not running"
+    return {"site": site_id, "role": control.role.value, "epoch": control.epoch,
+            "intake_state": control.intake_state.value, "primary_site": control.primary_site, "schema": schema,
+            "enterprises": n_ent, "declarations_by_state": by_state, "api": api}

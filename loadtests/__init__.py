@@ -1,0 +1,1 @@
+"""Load generation and benchmarks. Speaks to the system over HTTP only."""

@@ -1,0 +1,72 @@
+"""An async client for one site's HTTP API, as a real declarant or officer system would use it."""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import httpx
+
+
+@dataclass
+class Reply:
+    status: int
+    body: dict
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
+
+    @property
+    def error_code(self) -> str | None:
+        return (self.body.get("error") or {}).get("code") if isinstance(self.body, dict) else None
+
+
+class SiteClient:
+    """Every POST carries a fresh Idempotency-Key unless the caller passes one (to retry)."""
+
+    def __init__(self, base_url: str, *, max_connections: int = 100, timeout_s: float = 30.0):
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s,
+                                      limits=httpx.Limits(max_connections=max_connections,
+                                                          max_keepalive_connections=max_connections))
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def _call(self, method: str, path: str, token: str, body: dict | None = None,
+                    key: str | None = None) -> Reply:
+        headers = {"Authorization": f"Bearer {token}"}
+        if method == "POST":
+            headers["Idempotency-Key"] = key or uuid.uuid4().hex
+        started = time.perf_counter()
+        response = await self.http.request(method, path, json=body, headers=headers)
+        elapsed = time.perf_counter() - started
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {"raw": response.text[:200]}
+        return Reply(response.status_code, payload, elapsed)
+
+    async def pre_declare(self, token: str, payload: dict, key: str | None = None) -> Reply:
+        return await self._call("POST", "/v1/declarations", token, payload, key)
+
+    async def register(self, token: str, number: str, key: str | None = None) -> Reply:
+        return await self._call("POST", f"/v1/declarations/{number}/registration", token, None, key)
+
+    async def amend(self, token: str, number: str, goods: list[dict], key: str | None = None) -> Reply:
+        return await self._call("POST", f"/v1/declarations/{number}/amendments", token, {"goods": goods}, key)
+
+    async def pay(self, token: str, number: str, amount_vnd: int, key: str | None = None) -> Reply:
+        return await self._call("POST", f"/v1/declarations/{number}/payments", token, {"amount_vnd": amount_vnd}, key)
+
+    async def decide(self, token: str, number: str, decision: str, note: str | None = None,
+                     key: str | None = None) -> Reply:
+        return await self._call("POST", f"/v1/declarations/{number}/decision", token,
+                                {"decision": decision, "note": note}, key)
+
+    async def get(self, token: str, number: str) -> Reply:
+        return await self._call("GET", f"/v1/declarations/{number}", token)
+
+    async def queue(self, token: str) -> Reply:
+        return await self._call("GET", "/v1/officers/me/queue", token)

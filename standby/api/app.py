@@ -1,0 +1,243 @@
+"""The site's HTTP API. Writes go through the intake (micro-batcher → ClearanceWorker); reads go to the database."""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import Depends, FastAPI, Header
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import Engine, select
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from standby.api import errors
+from standby.api.auth import TokenRegistry
+from standby.api.errors import ApiError
+from standby.api.metrics import SiteMetrics
+from standby.api.models import AmendIn, DecisionIn, PaymentIn, PreDeclareIn
+from standby.clearance.commands import Command, Op, Outcome, Principal, Role
+from standby.clearance.handlers import declaration_view
+from standby.domain.errors import DomainError
+from standby.domain.numbers import DeclarationNumber
+from standby.domain.states import DeclarationState, IntakeState, SiteRole
+from standby.store.schema import declarations, goods_lines, officers
+from standby.store.site import SiteControl, read_control
+
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+QUEUE_STATES = (DeclarationState.DOCUMENT_CHECK.value, DeclarationState.INSPECTION.value)
+
+
+@dataclass
+class SiteServices:
+    """What the API needs, built by the composition root. `submit` carries out one command via the intake;
+    `start`/`stop` run inside the server's event loop."""
+
+    site_id: str
+    read_engine: Engine
+    submit: Callable[[Command], Awaitable[Outcome]]
+    tokens: TokenRegistry
+    metrics: SiteMetrics
+    max_body_bytes: int = 256 * 1024
+    start: Callable[[], Awaitable[None]] = field(default=lambda: _noop())
+    stop: Callable[[], Awaitable[None]] = field(default=lambda: _noop())
+    control_ttl_s: float = 0.25
+    _control: SiteControl | None = None
+    _control_at: float = float("-inf")
+
+    def control(self) -> SiteControl | None:
+        now = time.monotonic()
+        if now - self._control_at > self.control_ttl_s:
+            self._control, self._control_at = read_control(self.read_engine, self.site_id), now
+            if self._control:
+                self.metrics.show_control(self._control.role, self._control.intake_state, self._control.epoch)
+        return self._control
+
+
+async def _noop() -> None:
+    return None
+
+
+def create_app(services: SiteServices) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app):
+        await services.start()
+        yield
+        await services.stop()
+
+    app = FastAPI(title=f"Standby clearance — site {services.site_id}", version="1", lifespan=lifespan,
+                  description="Customs clearance intake (VNACCS-style IDA/IDC/IDE), officer queues, health, metrics.")
+    app.add_exception_handler(ApiError, errors.on_api_error)
+    app.add_exception_handler(RequestValidationError, errors.on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, errors.on_http_error)
+    app.state.services = services
+    _routes(app, services)
+    app.add_middleware(errors.BodyLimit, limit=services.max_body_bytes)
+    return app
+
+
+def _auth(services: SiteServices, *roles: Role):
+    def dependency(authorization: str | None = Header(None)) -> Principal:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+        principal = services.tokens.principal(authorization[7:].strip())
+        if principal is None:
+            raise ApiError(401, "unauthorized", "the bearer token is not known to this site",
+                           headers={"WWW-Authenticate": "Bearer"})
+        if roles and principal.role not in roles:
+            raise ApiError(403, "forbidden", f"this endpoint is for {', '.join(r.value for r in roles)} tokens, "
+                                             f"not {principal.role.value}")
+        return principal
+    return dependency
+
+
+def _idempotency_key(idempotency_key: str | None = Header(None)) -> str:
+    if idempotency_key is None:
+        raise ApiError(400, "idempotency_key_required",
+                       "send an Idempotency-Key header so a retried request is answered once, never twice")
+    if not KEY_PATTERN.match(idempotency_key):
+        raise ApiError(400, "idempotency_key_invalid",
+                       "Idempotency-Key must be 1-128 characters of letters, digits and . _ : -")
+    return idempotency_key
+
+
+def _routes(app: FastAPI, s: SiteServices) -> None:
+    declarant_or_operator = _auth(s, Role.DECLARANT, Role.OPERATOR)
+    officer = _auth(s, Role.OFFICER, Role.OPERATOR)
+    anyone = _auth(s)
+
+    async def carry_out(op: Op, principal: Principal, key: str, payload: dict, office: str) -> JSONResponse:
+        control = s.control()
+        if control is None:
+            raise ApiError(503, "site_uninitialised", f"site {s.site_id} has no control row; run standbyctl db upgrade")
+        if control.role is not SiteRole.PRIMARY:
+            raise ApiError(503, "not_primary", f"site {s.site_id} is a standby and refuses writes; "
+                                               f"the primary is site {control.primary_site or 'unknown'}")
+        started = time.perf_counter()
+        try:
+            outcome = await s.submit(Command(op, principal, key, payload, office))
+        except Exception as exc:  # worker unavailable, shutting down: the client may retry with the same key
+            s.metrics.errors.labels("503", "intake_unavailable").inc()
+            raise ApiError(503, "intake_unavailable", f"{exc}", headers={"Retry-After": "1"}) from None
+        elapsed = time.perf_counter() - started
+        kind = outcome.body.get("kind", payload.get("kind", "")) if outcome.ok else ""
+        s.metrics.requests.labels(op.value, kind, "replayed" if outcome.replayed else
+                                  ("accepted" if outcome.ok else "refused")).inc()
+        s.metrics.request_latency.labels(op.value).observe(elapsed)
+        if op is Op.REGISTER and outcome.ok and not outcome.replayed:
+            s.metrics.decision_latency.labels(outcome.body["lane"]).observe(elapsed)
+            s.metrics.lanes.labels(outcome.body["kind"], outcome.body["lane"], outcome.body["lane_rule"]).inc()
+        if not outcome.ok:
+            s.metrics.errors.labels(str(outcome.status), outcome.body["error"]["code"]).inc()
+        headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+        return JSONResponse(outcome.body, outcome.status, headers=headers)
+
+    def office_of(number: str) -> str:
+        try:
+            parsed = DeclarationNumber.parse(number)
+        except DomainError as err:
+            raise ApiError(400, err.refusal.code, err.refusal.message, "number") from None
+        with s.read_engine.connect() as conn:
+            office = conn.execute(select(declarations.c.office_code).where(declarations.c.base == parsed.base)).scalar()
+        if office is None:
+            raise ApiError(404, "not_found", f"no declaration {number} at site {s.site_id}", "number")
+        return office
+
+    @app.post("/v1/declarations", status_code=201, tags=["intake"], summary="Pre-declare (IDA import / EDA export)")
+    async def pre_declare(body: PreDeclareIn, principal: Principal = Depends(declarant_or_operator),
+                          key: str = Depends(_idempotency_key)):
+        return await carry_out(Op.PRE_DECLARE, principal, key, body.model_dump(mode="json"), body.office_code)
+
+    @app.post("/v1/declarations/{number}/registration", tags=["intake"],
+              summary="Register (IDC / EDC): the lane is decided and, for yellow and red, an officer assigned")
+    async def register(number: str, principal: Principal = Depends(declarant_or_operator),
+                       key: str = Depends(_idempotency_key)):
+        return await carry_out(Op.REGISTER, principal, key, {"number": number}, office_of(number))
+
+    @app.post("/v1/declarations/{number}/amendments", tags=["intake"], summary="Amend (IDE / EDE)")
+    async def amend(number: str, body: AmendIn, principal: Principal = Depends(declarant_or_operator),
+                    key: str = Depends(_idempotency_key)):
+        return await carry_out(Op.AMEND, principal, key, {"number": number, **body.model_dump(mode="json")},
+                               office_of(number))
+
+    @app.post("/v1/declarations/{number}/payments", tags=["intake"], summary="Pay the outstanding duty and VAT")
+    async def pay(number: str, body: PaymentIn, principal: Principal = Depends(declarant_or_operator),
+                  key: str = Depends(_idempotency_key)):
+        return await carry_out(Op.PAY, principal, key, {"number": number, **body.model_dump(mode="json")},
+                               office_of(number))
+
+    @app.post("/v1/declarations/{number}/decision", tags=["officers"],
+              summary="An officer's document-check or inspection result")
+    async def decide(number: str, body: DecisionIn, principal: Principal = Depends(officer),
+                     key: str = Depends(_idempotency_key)):
+        return await carry_out(Op.DECIDE, principal, key, {"number": number, **body.model_dump(mode="json")},
+                               office_of(number))
+
+    @app.get("/v1/declarations/{number}", tags=["reads"], summary="A declaration with its goods lines")
+    async def get_declaration(number: str, principal: Principal = Depends(anyone)):
+        return _read_declaration(s, number, principal)
+
+    @app.get("/v1/officers/me/queue", tags=["officers"], summary="Declarations waiting for this officer")
+    async def queue(principal: Principal = Depends(_auth(s, Role.OFFICER)), limit: int = 100):
+        limit = max(1, min(limit, 1000))
+        with s.read_engine.connect() as conn:
+            rows = conn.execute(select(declarations).where(
+                declarations.c.officer_id == principal.subject, declarations.c.state.in_(QUEUE_STATES))
+                .order_by(declarations.c.registered_at).limit(limit)).mappings().all()
+        return {"officer_id": principal.subject, "items": [declaration_view(dict(r)) for r in rows]}
+
+    @app.get("/v1/site", tags=["operations"], summary="The site's role, epoch and intake state")
+    async def site(_principal: Principal = Depends(anyone)):
+        return _control_body(s)
+
+    @app.get("/healthz", tags=["operations"], summary="The process is up")
+    async def healthz():
+        return {"status": "ok", "site": s.site_id}
+
+    @app.get("/readyz", tags=["operations"], summary="Ready for writes: an open primary (503 otherwise)")
+    async def readyz():
+        body = _control_body(s)
+        ready = body.get("role") == SiteRole.PRIMARY.value and body.get("intake_state") == IntakeState.OPEN.value
+        return JSONResponse({**body, "ready": ready}, 200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    async def metrics():
+        s.control()
+        return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _control_body(s: SiteServices) -> dict:
+    c = s.control()
+    if c is None:
+        return {"site": s.site_id, "role": None, "intake_state": None, "epoch": None}
+    return {"site": c.site_id, "role": c.role.value, "epoch": c.epoch, "intake_state": c.intake_state.value,
+            "primary_site": c.primary_site}
+
+
+def _read_declaration(s: SiteServices, number: str, principal: Principal) -> dict:
+    try:
+        parsed = DeclarationNumber.parse(number)
+    except DomainError as err:
+        raise ApiError(400, err.refusal.code, err.refusal.message, "number") from None
+    with s.read_engine.connect() as conn:
+        row = conn.execute(select(declarations).where(declarations.c.base == parsed.base)).mappings().first()
+        if row is None:
+            raise ApiError(404, "not_found", f"no declaration {number} at site {s.site_id}", "number")
+        if principal.role is Role.DECLARANT and row["enterprise_tax_code"] != principal.subject:
+            raise ApiError(403, "forbidden", "this declarant token acts for another enterprise")
+        if principal.role is Role.OFFICER:
+            office = conn.execute(select(officers.c.office_code).where(
+                officers.c.officer_id == principal.subject)).scalar()
+            if office != row["office_code"]:
+                raise ApiError(403, "forbidden", f"officer {principal.subject} does not belong to office "
+                                                 f"{row['office_code']}")
+        lines = conn.execute(select(goods_lines).where(goods_lines.c.declaration_base == parsed.base)
+                             .order_by(goods_lines.c.line_no)).mappings().all()
+    body = declaration_view(dict(row))
+    body["goods"] = [{k: (str(v) if k in ("quantity", "unit_price") else v) for k, v in dict(line).items()
+                      if k != "declaration_base"} for line in lines]
+    return body

@@ -1,0 +1,41 @@
+"""The site's Prometheus metrics, in a registry of its own so several sites can live in one process (tests)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from standby.domain.states import IntakeState, SiteRole
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+class SiteMetrics:
+    def __init__(self, site_id: str):
+        self.registry = r = CollectorRegistry()
+        self.site_id = site_id
+        self.requests = Counter("clearance_requests_total", "Intake commands by operation and outcome",
+                                ["op", "kind", "outcome"], registry=r)
+        self.lanes = Counter("clearance_lane_decisions_total", "Lane decisions by kind, lane and deciding rule",
+                             ["kind", "lane", "rule"], registry=r)
+        self.decision_latency = Histogram("clearance_decision_latency_seconds",
+                                          "Registration received to lane decision answered", ["lane"],
+                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.request_latency = Histogram("clearance_request_latency_seconds", "Intake command latency by operation",
+                                         ["op"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("clearance_batch_size", "Commands per worker batch", buckets=BATCH_BUCKETS,
+                                    registry=r)
+        self.errors = Counter("clearance_http_errors_total", "Refused or failed HTTP requests by status and code",
+                              ["status", "code"], registry=r)
+        self.worker_restarts = Counter("clearance_worker_restarts_total", "ClearanceWorker restarts seen",
+                                       ["partition"], registry=r)
+        self.intake_state = Gauge("clearance_intake_state", "1 for the site's current intake state",
+                                  ["site", "state"], registry=r)
+        self.role = Gauge("clearance_site_role", "1 for the site's current role", ["site", "role"], registry=r)
+        self.epoch = Gauge("clearance_site_epoch", "The epoch the site accepts writes under", ["site"], registry=r)
+
+    def show_control(self, role: SiteRole, state: IntakeState, epoch: int) -> None:
+        for s in IntakeState:
+            self.intake_state.labels(self.site_id, s.value).set(1 if s is state else 0)
+        for ro in SiteRole:
+            self.role.labels(self.site_id, ro.value).set(1 if ro is role else 0)
+        self.epoch.labels(self.site_id).set(epoch)

@@ -1,0 +1,83 @@
+"""What a worker is asked to do, and what it answers. Plain data, picklable for Ray."""
+from __future__ import annotations
+
+import hashlib
+import zlib
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Op(str, Enum):
+    PRE_DECLARE = "pre_declare"  # IDA / EDA
+    REGISTER = "register"  # IDC / EDC
+    AMEND = "amend"  # IDE / EDE
+    PAY = "pay"
+    DECIDE = "decide"  # officer's document check / inspection result
+
+
+class Role(str, Enum):
+    DECLARANT = "declarant"
+    OFFICER = "officer"
+    OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: a declarant acts for one enterprise (subject = tax code), an officer is one officer id."""
+
+    role: Role
+    subject: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.role.value}:{self.subject}"
+
+
+@dataclass(frozen=True)
+class Command:
+    op: Op
+    principal: Principal
+    idempotency_key: str
+    payload: dict
+    office_code: str  # the partition key
+    request_hash: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.request_hash:
+            object.__setattr__(self, "request_hash", request_fingerprint(self.op, self.payload))
+
+
+def request_fingerprint(op: Op, payload: dict) -> str:
+    """Same op and body → same fingerprint; a key reused with a different body is refused."""
+    canonical = json.dumps({"op": op.value, "payload": payload}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The answer to one command: an HTTP-like status and a JSON-ready body.
+
+    `replayed` is true when the answer is the stored first answer to the same idempotency key."""
+
+    status: int
+    body: dict
+    replayed: bool = False
+    lane: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
+
+
+def refused(status: int, code: str, message: str, field_name: str | None = None) -> Outcome:
+    error = {"code": code, "message": message}
+    if field_name:
+        error["field"] = field_name
+    return Outcome(status, {"error": error})
+
+
+def partition_for(office_code: str, partitions: int) -> int:
+    """Which worker owns an office: stable across processes and restarts (not Python's salted hash)."""
+    return zlib.crc32(office_code.encode()) % partitions

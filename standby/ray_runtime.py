@@ -1,0 +1,141 @@
+"""All of the standby package's Ray calls: the ClearanceWorker actor and the pool that calls it.
+
+A worker owns one partition of customs offices and carries out its batches with a ClearancePipeline. Actors restart
+forever (max_restarts=-1). A call whose actor died is retried by the pool a bounded number of times; the retry is safe
+because every command carries its idempotency key, so a batch that committed before the actor died is answered from
+the stored first answers rather than written twice.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from standby.clearance.commands import Command, Outcome, refused
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs to build its pipeline; plain values so it pickles."""
+
+    site_id: str
+    site_digit: int
+    database_url: str
+    tariffs: Path
+    risk_rules: Path
+    number_block_size: int = 1000
+
+
+class WorkerUnavailable(Exception):
+    """A worker stayed dead or unresponsive through every attempt; the caller may retry with the same key."""
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class ClearanceWorker:
+    def __init__(self, spec: WorkerSpec):
+        # Imported here so the driver does not need the pipeline's dependencies loaded to create actors.
+        from standby.clearance.pipeline import ClearancePipeline
+        from standby.domain.risk import load_risk_rules
+        from standby.domain.tariff import load_tariff
+        from standby.store.engine import make_engine
+
+        self.incarnation = uuid.uuid4().hex
+        self.pipeline = ClearancePipeline(
+            make_engine(spec.database_url, pool_size=2), spec.site_id, spec.site_digit, load_tariff(spec.tariffs),
+            load_risk_rules(spec.risk_rules), block_size=spec.number_block_size,
+        )
+
+    def process(self, commands: list[Command]) -> tuple[str, list[Outcome]]:
+        from standby.clearance.pipeline import StoreUnavailable
+
+        try:
+            return self.incarnation, self.pipeline.process(commands)
+        except StoreUnavailable as exc:
+            return self.incarnation, [refused(503, "store_unavailable", f"{exc}; retry with the same Idempotency-Key")
+                                      ] * len(commands)
+
+    def identity(self) -> tuple[str, int]:
+        return self.incarnation, os.getpid()
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Start a local Ray (or join `address`) unless this process already has one. Returns True if it started one."""
+    if ray.is_initialized():
+        return False
+    kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    ray.init(ignore_reinit_error=True, logging_level=logging.WARNING, log_to_driver=False, **kwargs)
+    return True
+
+
+def shutdown_ray() -> None:
+    ray.shutdown()
+
+
+class WorkerPool:
+    """One ClearanceWorker per partition for one site.
+
+    Contract: `submit(partition, commands)` returns one Outcome per command. If the worker dies, the same batch is
+    sent again to its restarted incarnation up to `attempts` times; then WorkerUnavailable is raised."""
+
+    def __init__(self, spec: WorkerSpec, partitions: int, *, attempts: int = 3, call_timeout_s: float = 30.0,
+                 on_restart: Callable[[int], None] = lambda partition: None):
+        self.spec, self.partitions, self.attempts, self.call_timeout_s = spec, partitions, attempts, call_timeout_s
+        self._on_restart = on_restart
+        self._actors: list = []
+        self._incarnations: list[str | None] = []
+
+    def start(self) -> None:
+        namespace = f"standby-{self.spec.site_id}-{uuid.uuid4().hex[:8]}"
+        self._actors = [
+            ClearanceWorker.options(name=f"clearance-{self.spec.site_id}-{i}", namespace=namespace, num_cpus=0,
+                                    max_concurrency=1).remote(self.spec)
+            for i in range(self.partitions)
+        ]
+        self._incarnations = [None] * self.partitions
+        # Wait for every actor to be constructed, so a broken config fails at start, not on the first request.
+        for i, (incarnation, _pid) in enumerate(ray.get([a.identity.remote() for a in self._actors], timeout=120)):
+            self._incarnations[i] = incarnation
+
+    async def submit(self, partition: int, commands: Sequence[Command]) -> list[Outcome]:
+        actor, batch = self._actors[partition], list(commands)
+        last_error: Exception | None = None
+        for attempt in range(self.attempts):
+            try:
+                incarnation, outcomes = await asyncio.wait_for(actor.process.remote(batch), self.call_timeout_s)
+            except (RayActorError, GetTimeoutError, asyncio.TimeoutError) as exc:
+                last_error = exc
+                log.warning("worker %s/%d failed on attempt %d: %s", self.spec.site_id, partition, attempt + 1,
+                            type(exc).__name__)
+                await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
+                continue
+            self._note_incarnation(partition, incarnation)
+            return outcomes
+        raise WorkerUnavailable(
+            f"clearance worker {partition} of site {self.spec.site_id} did not answer after {self.attempts} attempts "
+            f"({type(last_error).__name__})")
+
+    def _note_incarnation(self, partition: int, incarnation: str) -> None:
+        if self._incarnations[partition] not in (None, incarnation):
+            self._on_restart(partition)
+        self._incarnations[partition] = incarnation
+
+    def pids(self) -> list[int]:
+        return [pid for _inc, pid in ray.get([a.identity.remote() for a in self._actors], timeout=60)]
+
+    def kill(self, partition: int) -> None:
+        """Kill a worker the way a crash would; Ray restarts it (used by the fault tests and drills)."""
+        ray.kill(self._actors[partition], no_restart=False)
+
+    def stop(self) -> None:
+        for actor in self._actors:
+            ray.kill(actor, no_restart=True)
+        self._actors = []

@@ -1,0 +1,120 @@
+"""One configuration schema, loaded once from YAML and passed in. Nothing here reads the environment."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8401, ge=1, le=65535)
+
+
+class SiteSettings(_Strict):
+    site_digit: int = Field(ge=1, le=9, description="first digit of every declaration number this site issues")
+    database_url: str
+    http: HttpSettings = HttpSettings()
+
+
+class RaySettings(_Strict):
+    address: str | None = Field(None, description="join this Ray cluster; None starts a local Ray")
+    workers: int = Field(2, ge=1, le=64, description="ClearanceWorker actors, one per partition")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray; None lets Ray decide")
+
+
+class IntakeSettings(_Strict):
+    batch_max_items: int = Field(500, ge=1, le=5000)
+    batch_max_wait_ms: float = Field(2.0, ge=0, le=1000)
+    number_block_size: int = Field(1000, ge=1, le=1_000_000)
+    call_timeout_s: float = Field(30.0, gt=0, description="a worker call slower than this fails with a clear error")
+    call_attempts: int = Field(3, ge=1, le=10, description="tries of a batch whose worker died (idempotent)")
+
+
+class LimitSettings(_Strict):
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    max_goods_lines: int = Field(50, ge=1, le=50)
+
+
+class ReferenceSettings(_Strict):
+    org_dir: Path = Path("config/org")
+    tariffs: Path = Path("config/tariffs.yaml")
+    risk_rules: Path = Path("config/risk_rules.yaml")
+    capacity: Path = Path("config/capacity.yaml")
+
+
+class AuthSettings(_Strict):
+    tokens_file: Path = Field(Path("var/tokens.yaml"), description="hashed bearer tokens; never in the repo")
+
+
+class Settings(_Strict):
+    """Everything a site process needs. Relative paths are resolved against `root`."""
+
+    root: Path = Path(".")
+    data_dir: Path = Path("var")
+    sites: dict[str, SiteSettings]
+    witness_url: str = "sqlite:///var/witness.db"
+    ray: RaySettings = RaySettings()
+    intake: IntakeSettings = IntakeSettings()
+    limits: LimitSettings = LimitSettings()
+    reference: ReferenceSettings = ReferenceSettings()
+    auth: AuthSettings = AuthSettings()
+
+    @field_validator("sites")
+    @classmethod
+    def _distinct_digits(cls, sites: dict[str, SiteSettings]) -> dict[str, SiteSettings]:
+        if not sites:
+            raise ValueError("at least one site is required")
+        digits = [s.site_digit for s in sites.values()]
+        if len(set(digits)) != len(digits):
+            raise ValueError("every site needs its own site_digit, or two sites could issue the same number")
+        return sites
+
+    def path(self, p: Path) -> Path:
+        return p if p.is_absolute() else (self.root / p).resolve()
+
+    def site(self, site_id: str) -> SiteSettings:
+        try:
+            return self.sites[site_id]
+        except KeyError:
+            raise ConfigError(f"unknown site {site_id!r}; configured sites: {', '.join(sorted(self.sites))}") from None
+
+    def database_url(self, site_id: str) -> str:
+        return resolve_sqlite_url(self.site(site_id).database_url, self.root)
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the file and the setting."""
+
+
+def resolve_sqlite_url(url: str, root: Path) -> str:
+    """Make a relative SQLite path absolute against root, so every process opens the same file."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        return prefix + str((root / url[len(prefix):]).resolve())
+    return url
+
+
+def load_settings(path: Path, overrides: dict | None = None) -> Settings:
+    """Load and validate a settings file. `root` defaults to the folder above `config/`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"settings file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw.setdefault("root", str(path.resolve().parent.parent if path.resolve().parent.name == "config" else path.resolve().parent))
+    raw.update(overrides or {})
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from None

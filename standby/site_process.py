@@ -1,0 +1,90 @@
+"""Wires one site's process: database, Ray workers, micro-batcher and the HTTP app."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import FastAPI
+
+from standby.api.app import SiteServices, create_app
+from standby.api.auth import TokenRegistry
+from standby.api.batcher import MicroBatcher
+from standby.api.metrics import SiteMetrics
+from standby.clearance.commands import Command, Outcome, partition_for
+from standby.ray_runtime import WorkerPool, WorkerSpec
+from standby.settings import Settings
+from standby.store.engine import make_engine
+
+
+@dataclass
+class Site:
+    site_id: str
+    app: FastAPI
+    pool: WorkerPool
+    services: SiteServices
+
+    def close(self) -> None:
+        self.pool.stop()
+        self.services.read_engine.dispose()
+
+
+def build_site(settings: Settings, site_id: str) -> Site:
+    """Start the site's workers (blocking until they are up) and build its app. The caller serves the app."""
+    cfg, url = settings.site(site_id), settings.database_url(site_id)
+    metrics = SiteMetrics(site_id)
+    spec = WorkerSpec(site_id=site_id, site_digit=cfg.site_digit, database_url=url,
+                      tariffs=settings.path(settings.reference.tariffs),
+                      risk_rules=settings.path(settings.reference.risk_rules),
+                      number_block_size=settings.intake.number_block_size)
+    pool = WorkerPool(spec, settings.ray.workers, attempts=settings.intake.call_attempts,
+                      call_timeout_s=settings.intake.call_timeout_s,
+                      on_restart=lambda p: metrics.worker_restarts.labels(str(p)).inc())
+    pool.start()
+    batcher = MicroBatcher(pool.submit, settings.ray.workers, settings.intake.batch_max_items,
+                           settings.intake.batch_max_wait_ms / 1000, on_batch=metrics.batch_size.observe)
+
+    async def submit(command: Command) -> Outcome:
+        return await batcher.submit(partition_for(command.office_code, settings.ray.workers), command)
+
+    async def start() -> None:
+        batcher.start()
+
+    services = SiteServices(
+        site_id=site_id, read_engine=make_engine(url, pool_size=8, writer=False), submit=submit,
+        tokens=TokenRegistry.load(settings.path(settings.auth.tokens_file)), metrics=metrics,
+        max_body_bytes=settings.limits.max_body_bytes, start=start, stop=batcher.stop,
+    )
+    return Site(site_id, create_app(services), pool, services)
+
+
+class BackgroundServer:
+    """uvicorn in a thread of this process (the demo and the tests); `stop` shuts it down gracefully."""
+
+    def __init__(self, app: FastAPI, host: str, port: int):
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                    access_log=False, lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{port}", daemon=True)
+        self.url = f"http://{host}:{port}"
+
+    def start(self, timeout_s: float = 30.0) -> "BackgroundServer":
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the HTTP server did not start on {self.url}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def run_forever(app: FastAPI, host: str, port: int) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM (uvicorn handles both and drains in-flight requests)."""
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, lifespan="on")
+
+
+

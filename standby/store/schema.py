@@ -1,0 +1,232 @@
+"""Tables of a site's database. The same schema runs on SQLite (WAL) and PostgreSQL.
+
+Alembic migrations create these tables; `metadata.create_all` is used nowhere outside tests.
+Money is whole VND in BigInteger; codes are strings with their official zero-padding.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+# Timestamps are float seconds since the epoch (UTC): portable across both engines and cheap to compare.
+
+site_control = Table(
+    "site_control",
+    metadata,
+    Column("site_id", String(8), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("intake_state", String(16), nullable=False),
+    Column("primary_site", String(8)),
+    Column("updated_at", Float, nullable=False),
+    CheckConstraint("role IN ('primary', 'standby')", name="role"),
+    CheckConstraint("intake_state IN ('open', 'frozen', 'fenced')", name="intake_state"),
+)
+
+number_blocks = Table(
+    "number_blocks",
+    metadata,
+    Column("site_digit", Integer, primary_key=True),
+    Column("next_sequence", BigInteger, nullable=False),
+)
+
+provinces = Table(
+    "provinces",
+    metadata,
+    Column("code", String(2), primary_key=True),
+    Column("valid_from", Date, primary_key=True),
+    Column("valid_to", Date),
+    Column("name", String(100), nullable=False),
+    Column("short_name", String(100), nullable=False),
+)
+
+wards = Table(
+    "wards",
+    metadata,
+    Column("code", String(5), primary_key=True),
+    Column("valid_from", Date, primary_key=True),
+    Column("valid_to", Date),
+    Column("name", String(100), nullable=False),
+    Column("province_code", String(2), nullable=False),
+    Index(None, "province_code", "valid_from"),
+)
+
+customs_branches = Table(
+    "customs_branches",
+    metadata,
+    Column("code", String(5), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("headquarters", String(100)),
+    Column("status", String(16), nullable=False),
+)
+
+customs_branch_provinces = Table(
+    "customs_branch_provinces",
+    metadata,
+    Column("branch_code", String(5), ForeignKey("customs_branches.code"), primary_key=True),
+    Column("legacy_province_code", String(2), primary_key=True),
+    Column("status", String(16), nullable=False),
+)
+
+customs_offices = Table(
+    "customs_offices",
+    metadata,
+    Column("code", String(4), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("branch_code", String(5), ForeignKey("customs_branches.code"), nullable=False),
+    Column("province_code", String(2), nullable=False),
+)
+
+officers = Table(
+    "officers",
+    metadata,
+    Column("officer_id", String(16), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("office_code", String(4), ForeignKey("customs_offices.code"), nullable=False),
+    Column("section", String(2), nullable=False),
+    Column("position", Integer, nullable=False, doc="place in the office section's registered rotation list"),
+    Column("active", Boolean, nullable=False, default=True),
+    UniqueConstraint("office_code", "section", "position"),
+    CheckConstraint("section IN ('01', '02')", name="section"),
+)
+
+officer_rotation = Table(
+    "officer_rotation",
+    metadata,
+    Column("office_code", String(4), primary_key=True),
+    Column("section", String(2), primary_key=True),
+    Column("next_position", Integer, nullable=False),
+)
+
+enterprises = Table(
+    "enterprises",
+    metadata,
+    Column("tax_code", String(13), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("province_code", String(2), nullable=False),
+    Column("ward_code", String(5), nullable=False),
+    Column("address_valid_from", Date, nullable=False, doc="which map version the address codes belong to"),
+    Column("street", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("tax_debt_days", Integer, nullable=False),
+    Column("risk_class", String(16), nullable=False),
+    Column("age_days", Integer, nullable=False),
+    CheckConstraint("status IN ('active', 'suspended', 'dissolved')", name="status"),
+    Index(None, "province_code", "ward_code"),
+)
+
+declarations = Table(
+    "declarations",
+    metadata,
+    Column("base", String(11), primary_key=True, doc="first 11 digits of the number; stable across amendments"),
+    Column("number", String(12), nullable=False, unique=True),
+    Column("amendment", Integer, nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("section", String(2), nullable=False),
+    Column("enterprise_tax_code", String(13), ForeignKey("enterprises.tax_code"), nullable=False),
+    Column("office_code", String(4), ForeignKey("customs_offices.code"), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("lane", String(8)),
+    Column("lane_rule", String(64)),
+    Column("lane_reason", Text),
+    Column("officer_id", String(16)),
+    Column("line_count", Integer, nullable=False),
+    Column("customs_value_vnd", BigInteger, nullable=False),
+    Column("duty_vnd", BigInteger, nullable=False),
+    Column("vat_vnd", BigInteger, nullable=False),
+    Column("total_vnd", BigInteger, nullable=False),
+    Column("paid_vnd", BigInteger, nullable=False, default=0),
+    Column("site_id", String(8), nullable=False),
+    Column("epoch", BigInteger, nullable=False, doc="epoch the last write was accepted under"),
+    Column("created_at", Float, nullable=False),
+    Column("registered_at", Float),
+    Column("decided_at", Float),
+    Column("closed_at", Float),
+    Column("updated_at", Float, nullable=False),
+    CheckConstraint("kind IN ('import', 'export')", name="kind"),
+    CheckConstraint("amendment BETWEEN 0 AND 9", name="amendment"),
+    CheckConstraint("total_vnd >= 0 AND paid_vnd >= 0", name="money"),
+    Index(None, "enterprise_tax_code"),
+    Index(None, "office_code", "state"),
+    Index(None, "officer_id", "state"),
+)
+
+goods_lines = Table(
+    "goods_lines",
+    metadata,
+    Column("declaration_base", String(11), ForeignKey("declarations.base"), primary_key=True),
+    Column("line_no", Integer, primary_key=True),
+    Column("hs_code", String(8), nullable=False),
+    Column("description", String(200), nullable=False),
+    Column("quantity", Numeric(18, 3), nullable=False),
+    Column("unit", String(8), nullable=False),
+    Column("unit_price", Numeric(18, 4), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("origin", String(2), nullable=False),
+    Column("value_vnd", BigInteger, nullable=False),
+    Column("duty_vnd", BigInteger, nullable=False),
+    Column("vat_vnd", BigInteger, nullable=False),
+)
+
+officer_assignments = Table(
+    "officer_assignments",
+    metadata,
+    Column("declaration_base", String(11), ForeignKey("declarations.base"), primary_key=True),
+    Column("amendment", Integer, primary_key=True),
+    Column("officer_id", String(16), ForeignKey("officers.officer_id"), nullable=False),
+    Column("office_code", String(4), nullable=False),
+    Column("section", String(2), nullable=False),
+    Column("lane", String(8), nullable=False),
+    Column("assigned_at", Float, nullable=False),
+    Column("decision", String(16)),
+    Column("decision_note", Text),
+    Column("decided_at", Float),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("principal", String(64), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("response", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("site_id", String(8), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("target", String(32)),
+    Column("detail", Text),
+)
