@@ -34,3 +34,7 @@ def main(ctx: click.Context, config: Path, ray_address: str | None) -> None:
 
 for command in (db.db, db.seed, serve.serve, status.status, tokens.tokens, demo.demo, bench.bench):
     main.add_command(command)
+
+
+if __name__ == "__main__":
+    main()

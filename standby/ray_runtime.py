@@ -71,7 +71,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Start a local Ray (or join `address`) unless this process already has one. Returns True if it started one."""
     if ray.is_initialized():
         return False
-    kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    # Ray starts workers at nice 15 by default; ours carry the intake's critical path, so they run at normal
+    # priority (a cluster joined by address keeps its own setting).
+    kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False,
+                                                   "_system_config": {"worker_niceness": 0}}
     ray.init(ignore_reinit_error=True, logging_level=logging.WARNING, log_to_driver=False, **kwargs)
     return True
 

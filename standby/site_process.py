@@ -1,8 +1,10 @@
 """Wires one site's process: database, Ray workers, micro-batcher and the HTTP app."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import uvicorn
@@ -13,6 +15,9 @@ from standby.api.auth import TokenRegistry
 from standby.api.batcher import MicroBatcher
 from standby.api.metrics import SiteMetrics
 from standby.clearance.commands import Command, Outcome, partition_for
+from standby.clearance.pipeline import ClearancePipeline
+from standby.domain.risk import load_risk_rules
+from standby.domain.tariff import load_tariff
 from standby.ray_runtime import WorkerPool, WorkerSpec
 from standby.settings import Settings
 from standby.store.engine import make_engine
@@ -22,7 +27,7 @@ from standby.store.engine import make_engine
 class Site:
     site_id: str
     app: FastAPI
-    pool: WorkerPool
+    pool: "WorkerPool | InProcessPool"
     services: SiteServices
 
     def close(self) -> None:
@@ -30,17 +35,21 @@ class Site:
         self.services.read_engine.dispose()
 
 
-def build_site(settings: Settings, site_id: str) -> Site:
-    """Start the site's workers (blocking until they are up) and build its app. The caller serves the app."""
+def build_site(settings: Settings, site_id: str, *, in_process: bool = False) -> Site:
+    """Start the site's workers (blocking until they are up) and build its app. The caller serves the app.
+
+    `in_process=True` runs the same pipelines in threads of this process instead of Ray actors: for measuring what
+    Ray costs, and for diagnosis. Production runs the Ray workers."""
     cfg, url = settings.site(site_id), settings.database_url(site_id)
     metrics = SiteMetrics(site_id)
     spec = WorkerSpec(site_id=site_id, site_digit=cfg.site_digit, database_url=url,
                       tariffs=settings.path(settings.reference.tariffs),
                       risk_rules=settings.path(settings.reference.risk_rules),
                       number_block_size=settings.intake.number_block_size)
-    pool = WorkerPool(spec, settings.ray.workers, attempts=settings.intake.call_attempts,
-                      call_timeout_s=settings.intake.call_timeout_s,
-                      on_restart=lambda p: metrics.worker_restarts.labels(str(p)).inc())
+    pool_type = InProcessPool if in_process else WorkerPool
+    pool = pool_type(spec, settings.ray.workers, attempts=settings.intake.call_attempts,
+                     call_timeout_s=settings.intake.call_timeout_s,
+                     on_restart=lambda p: metrics.worker_restarts.labels(str(p)).inc())
     pool.start()
     batcher = MicroBatcher(pool.submit, settings.ray.workers, settings.intake.batch_max_items,
                            settings.intake.batch_max_wait_ms / 1000, on_batch=metrics.batch_size.observe)
@@ -57,6 +66,26 @@ def build_site(settings: Settings, site_id: str) -> Site:
         max_body_bytes=settings.limits.max_body_bytes, start=start, stop=batcher.stop,
     )
     return Site(site_id, create_app(services), pool, services)
+
+
+class InProcessPool:
+    """The WorkerPool contract without Ray: one pipeline per partition, each run in a worker thread."""
+
+    def __init__(self, spec: WorkerSpec, partitions: int, **_ignored):
+        self.spec, self.partitions = spec, partitions
+        self._pipelines: list[ClearancePipeline] = []
+
+    def start(self) -> None:
+        tariff, rules = load_tariff(self.spec.tariffs), load_risk_rules(self.spec.risk_rules)
+        self._engine = make_engine(self.spec.database_url, pool_size=self.partitions + 1)
+        self._pipelines = [ClearancePipeline(self._engine, self.spec.site_id, self.spec.site_digit, tariff, rules,
+                                             block_size=self.spec.number_block_size) for _ in range(self.partitions)]
+
+    async def submit(self, partition: int, commands: Sequence[Command]) -> list[Outcome]:
+        return await asyncio.to_thread(self._pipelines[partition].process, list(commands))
+
+    def stop(self) -> None:
+        self._engine.dispose()
 
 
 class BackgroundServer:

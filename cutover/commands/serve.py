@@ -18,8 +18,12 @@ from standby.store.site import read_control
               help="the role you expect this site to hold; serving stops with an error if its database says otherwise")
 @click.option("--host", default=None, help="listen address (default: from the settings)")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="listen port (default: from the settings)")
+@click.option("--in-process", is_flag=True,
+              help="run the clearance pipelines in threads of this process instead of Ray workers (benchmarks, "
+                   "diagnosis; not for production)")
 @pass_cli
-def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, port: int | None) -> None:
+def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, port: int | None,
+          in_process: bool) -> None:
     """Serve SITE's HTTP API (OpenAPI at /docs, metrics at /metrics) until Ctrl-C or SIGTERM.
 
     A primary accepts intake; a standby answers reads and refuses writes naming the primary."""
@@ -35,13 +39,13 @@ def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, por
         fail(f"site {site_id} is {control.role.value} in its database, not {role}; roles change through a runbook")
     http = settings.site(site_id).http
     host, port = host or http.host, port or http.port
-    started_ray = ensure_ray(settings.ray.address, settings.ray.num_cpus)
-    site = build_site(settings, site_id)
+    started_ray = False if in_process else ensure_ray(settings.ray.address, settings.ray.num_cpus)
+    site = build_site(settings, site_id, in_process=in_process)
     if not len(site.services.tokens):
         click.secho(f"warning: no tokens in {settings.path(settings.auth.tokens_file)}; every API call will get 401. "
                     "Issue some with `standbyctl tokens issue`.", fg="yellow", err=True)
     click.echo(f"site {site_id}: {control.role.value}, epoch {control.epoch}, intake {control.intake_state.value}; "
-               f"{settings.ray.workers} clearance workers on Ray")
+               f"{settings.ray.workers} clearance workers {'in this process' if in_process else 'on Ray'}")
     click.echo(f"serving http://{host}:{port}  (API docs /docs, metrics /metrics, readiness /readyz)")
     try:
         run_forever(site.app, host, port)

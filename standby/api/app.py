@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from standby.store.schema import declarations, goods_lines, officers
 from standby.store.site import SiteControl, read_control
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+OFFICE_CACHE_SIZE = 200_000
 QUEUE_STATES = (DeclarationState.DOCUMENT_CHECK.value, DeclarationState.INSPECTION.value)
 
 
@@ -80,7 +82,7 @@ def create_app(services: SiteServices) -> FastAPI:
 
 
 def _auth(services: SiteServices, *roles: Role):
-    def dependency(authorization: str | None = Header(None)) -> Principal:
+    async def dependency(authorization: str | None = Header(None)) -> Principal:
         if not authorization or not authorization.startswith("Bearer "):
             raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>'",
                            headers={"WWW-Authenticate": "Bearer"})
@@ -95,7 +97,7 @@ def _auth(services: SiteServices, *roles: Role):
     return dependency
 
 
-def _idempotency_key(idempotency_key: str | None = Header(None)) -> str:
+async def _idempotency_key(idempotency_key: str | None = Header(None)) -> str:
     if idempotency_key is None:
         raise ApiError(400, "idempotency_key_required",
                        "send an Idempotency-Key header so a retried request is answered once, never twice")
@@ -133,18 +135,29 @@ def _routes(app: FastAPI, s: SiteServices) -> None:
             s.metrics.lanes.labels(outcome.body["kind"], outcome.body["lane"], outcome.body["lane_rule"]).inc()
         if not outcome.ok:
             s.metrics.errors.labels(str(outcome.status), outcome.body["error"]["code"]).inc()
+        if outcome.ok and "base" in outcome.body:
+            offices_by_base[outcome.body["base"]] = outcome.body["office_code"]
         headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
         return JSONResponse(outcome.body, outcome.status, headers=headers)
 
+    offices_by_base: OrderedDict[str, str] = OrderedDict()  # a declaration's office never changes
+
     def office_of(number: str) -> str:
+        """The partition key of a by-number command; 404 before any worker is bothered if there is no such base."""
         try:
             parsed = DeclarationNumber.parse(number)
         except DomainError as err:
             raise ApiError(400, err.refusal.code, err.refusal.message, "number") from None
-        with s.read_engine.connect() as conn:
-            office = conn.execute(select(declarations.c.office_code).where(declarations.c.base == parsed.base)).scalar()
+        office = offices_by_base.get(parsed.base)
         if office is None:
-            raise ApiError(404, "not_found", f"no declaration {number} at site {s.site_id}", "number")
+            with s.read_engine.connect() as conn:
+                office = conn.execute(
+                    select(declarations.c.office_code).where(declarations.c.base == parsed.base)).scalar()
+            if office is None:
+                raise ApiError(404, "not_found", f"no declaration {number} at site {s.site_id}", "number")
+            offices_by_base[parsed.base] = office
+            if len(offices_by_base) > OFFICE_CACHE_SIZE:
+                offices_by_base.popitem(last=False)
         return office
 
     @app.post("/v1/declarations", status_code=201, tags=["intake"], summary="Pre-declare (IDA import / EDA export)")

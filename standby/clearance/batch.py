@@ -35,8 +35,11 @@ class BatchWrites:
     rotation_changed: set[tuple[str, str]] = field(default_factory=set)
     audit: list[dict] = field(default_factory=list)
     idempotency: list[dict] = field(default_factory=list)
+    lock: bool = False
 
     def load(self, conn: Connection, bases: Iterable[str], tax_codes: Iterable[str], lock: bool) -> None:
+        """Read the batch's declarations (locked FOR UPDATE when `lock`), their goods facts and enterprises."""
+        self.lock = lock
         bases, tax_codes = sorted(set(bases)), set(tax_codes)
         if bases:
             query = select(declarations).where(declarations.c.base.in_(bases))
@@ -57,11 +60,10 @@ class BatchWrites:
     def next_rotation(self, conn: Connection, office: str, section: str) -> int:
         key = (office, section)
         if key not in self.rotation:
-            stored = conn.execute(
-                select(officer_rotation.c.next_position).where(
-                    officer_rotation.c.office_code == office, officer_rotation.c.section == section
-                )
-            ).scalar()
+            query = select(officer_rotation.c.next_position).where(
+                officer_rotation.c.office_code == office, officer_rotation.c.section == section)
+            # Two workers may serve one office while partitions move; the lock keeps them from sharing a turn.
+            stored = conn.execute(query.with_for_update() if self.lock else query).scalar()
             self.rotation[key] = stored or 0
         return self.rotation[key]
 

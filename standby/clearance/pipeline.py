@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection, Engine, select, tuple_
+from sqlalchemy import Connection, Engine, and_, or_, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -46,7 +46,7 @@ class ClearancePipeline:
     def __init__(self, engine: Engine, site_id: str, site_digit: int, tariff: Tariff, rules: RiskRules,
                  block_size: int = 1000, clock: Callable[[], float] = time.time, retry_attempts: int = 5):
         self.engine, self.site_id, self.tariff, self.rules, self.clock = engine, site_id, tariff, rules, clock
-        self.numbers = NumberAllocator(engine, site_digit, block_size)
+        self.numbers = NumberAllocator(site_digit, block_size)
         self.reference = ReferenceCache(engine, clock)
         self._attempts = retry_attempts
 
@@ -73,11 +73,13 @@ class ClearancePipeline:
         try:
             for attempt in retrying:
                 with attempt:
-                    # Both may open their own connections, so they run before the batch's transaction.
-                    self.numbers.reserve(sum(1 for c in commands if c.op is Op.PRE_DECLARE))
-                    self.reference.refresh()
-                    with self.engine.begin() as conn:
-                        return self._in_transaction(conn, commands)
+                    self.reference.refresh()  # opens its own connection: never inside the batch's transaction
+                    try:
+                        with self.engine.begin() as conn:
+                            return self._in_transaction(conn, commands)
+                    except BaseException:
+                        self.numbers.forget()  # the block's reservation rolled back with the batch
+                        raise
         except OperationalError as exc:
             raise StoreUnavailable(f"database unavailable after {self._attempts} attempts: {exc.orig}") from exc
         raise AssertionError("unreachable")
@@ -88,6 +90,7 @@ class ClearancePipeline:
         gate = _gate_refusal(self.site_id, control)
         if gate:
             return [gate] * len(commands)
+        self.numbers.reserve(conn, sum(1 for c in commands if c.op is Op.PRE_DECLARE))
         stored = self._stored_answers(conn, commands)
         writes = BatchWrites()
         writes.load(
@@ -126,10 +129,14 @@ class ClearancePipeline:
         return outcome
 
     def _stored_answers(self, conn: Connection, commands: Sequence[Command]) -> dict:
-        pairs = sorted({(c.principal.key, c.idempotency_key) for c in commands})
-        rows = conn.execute(
-            select(idempotency_keys).where(tuple_(idempotency_keys.c.principal, idempotency_keys.c.key).in_(pairs))
-        ).mappings()
+        by_principal: dict[str, set[str]] = {}
+        for c in commands:
+            by_principal.setdefault(c.principal.key, set()).add(c.idempotency_key)
+        # OR of (principal = ? AND key IN ...) uses the primary key on SQLite; a row-value IN scans the table.
+        t = idempotency_keys.c
+        rows = conn.execute(select(idempotency_keys).where(or_(
+            *(and_(t.principal == p, t.key.in_(sorted(keys))) for p, keys in sorted(by_principal.items()))
+        ))).mappings()
         answers = {}
         for row in rows:
             body = json.loads(row["response"])

@@ -125,8 +125,9 @@ def _seed_declarations(engine: Engine, org: OrgData, count: int, tariff: Tariff,
             enterprises.c.tax_code, enterprises.c.name, enterprises.c.risk_class, enterprises.c.status,
             enterprises.c.tax_debt_days, enterprises.c.age_days).where(enterprises.c.status == "active")).mappings()]
     offices = [o.code for o in org.offices]
-    numbers = NumberAllocator(engine, digit, count)
-    numbers.reserve(count)
+    numbers = NumberAllocator(digit, count)
+    with engine.begin() as conn:
+        numbers.reserve(conn, count)
     done = 0
     while done < count:
         decl_rows, line_rows = [], []

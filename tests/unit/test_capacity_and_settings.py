@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+
+from loadtests.capacity import CapacityInputs, derive, load_capacity
+from standby.settings import ConfigError, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_design_capacity_follows_the_published_figures():
+    c = load_capacity(REPO / "config" / "capacity.yaml")
+    assert round(c.declarations_per_year) == round(16_800_000 / 1.37)
+    assert c.peak_declarations_per_s == pytest.approx(c.peak_hour / 3600)
+    assert c.declarations_per_s(3) == pytest.approx(3 * c.peak_declarations_per_s)
+    assert "12,262,774" in c.explain()
+
+
+def test_derivation_by_hand():
+    c = derive(CapacityInputs(declarations_2024=3_000_000, load_over_design_2024=1.5, working_days_per_year=200,
+                              peak_day_factor=2, business_hours_per_day=10, peak_hour_factor=1.8,
+                              requests_per_declaration=5))
+    # 3M/1.5 = 2M a year; /200 = 10,000 a day; x2 = 20,000; /10 x1.8 = 3,600 an hour = 1/s
+    assert c.peak_declarations_per_s == pytest.approx(1.0) and c.peak_requests_per_s == pytest.approx(5.0)
+
+
+def test_bad_capacity_input_names_the_field(tmp_path):
+    bad = tmp_path / "capacity.yaml"
+    bad.write_text("inputs: {declarations_2024: -1, load_over_design_2024: 1.37, working_days_per_year: 300, "
+                   "peak_day_factor: 1.5, business_hours_per_day: 10, peak_hour_factor: 2, requests_per_declaration: 5}")
+    with pytest.raises(ValueError, match="declarations_2024"):
+        load_capacity(bad)
+
+
+def test_settings_load_and_resolve_against_the_repo_root():
+    s = load_settings(REPO / "config" / "standby.yaml")
+    assert s.root == REPO
+    assert s.database_url("A") == f"sqlite:///{REPO / 'var' / 'site-a.db'}"
+    assert {site.site_digit for site in s.sites.values()} == {1, 2}
+
+
+@pytest.mark.parametrize("text, words", [
+    ("sites: {A: {site_digit: 1, database_url: 'sqlite://'}, B: {site_digit: 1, database_url: 'sqlite://'}}",
+     "own site_digit"),
+    ("sites: {A: {site_digit: 12, database_url: 'sqlite://'}}", "sites.A.site_digit"),
+    ("sites: {A: {site_digit: 1, database_url: 'sqlite://'}}\nsurprise: 1", "surprise"),
+    ("[1, 2", "not valid YAML"),
+])
+def test_bad_settings_are_named(tmp_path, text, words):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=words):
+        load_settings(path)
+
+
+def test_missing_settings_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.yaml")
