@@ -40,3 +40,22 @@ def site_option(f):
 
 
 pass_cli = click.make_pass_decorator(CliContext)
+
+
+def open_site_database(cli: CliContext, site_id: str, *, writer: bool = True):
+    """The site's engine, after checking its schema is at the newest revision (else a clear failure)."""
+    from sqlalchemy.exc import OperationalError
+
+    from standby.store.engine import make_engine
+    from standby.store.migrate import current_revision, head_revision
+
+    cli.check_site(site_id)
+    engine = make_engine(cli.settings.database_url(site_id), writer=writer)
+    try:
+        revision = current_revision(engine)
+    except OperationalError as exc:
+        fail(f"cannot open site {site_id}'s database: {exc.orig}")
+    if revision != head_revision():
+        fail(f"site {site_id}'s schema is at {revision or 'nothing'}, not {head_revision()}; "
+             f"run `standbyctl db upgrade --site {site_id}` first")
+    return engine

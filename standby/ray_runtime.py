@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -131,8 +132,16 @@ class WorkerPool:
             self._on_restart(partition)
         self._incarnations[partition] = incarnation
 
-    def pids(self) -> list[int]:
-        return [pid for _inc, pid in ray.get([a.identity.remote() for a in self._actors], timeout=60)]
+    def pids(self, timeout_s: float = 60.0) -> list[int]:
+        """The workers' process ids, waiting for any that is restarting (drills and fault tests kill them)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return [pid for _inc, pid in ray.get([a.identity.remote() for a in self._actors], timeout=timeout_s)]
+            except RayActorError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def kill(self, partition: int) -> None:
         """Kill a worker the way a crash would; Ray restarts it (used by the fault tests and drills)."""

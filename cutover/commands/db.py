@@ -6,7 +6,7 @@ import time
 import click
 from sqlalchemy.exc import OperationalError
 
-from cutover.context import CliContext, fail, pass_cli, site_option
+from cutover.context import CliContext, fail, open_site_database, pass_cli, site_option
 from standby.domain.risk import load_risk_rules
 from standby.domain.states import SiteRole
 from standby.domain.tariff import load_tariff
@@ -14,7 +14,7 @@ from standby.reference.orgdata import OrgDataError, load_org_data
 from standby.store.engine import make_engine
 from standby.store.migrate import current_revision, head_revision, upgrade
 from standby.store.seed import seed as run_seed
-from standby.store.site import init_site, read_control
+from standby.store.site import init_site
 
 
 @click.group()
@@ -77,11 +77,8 @@ def seed(cli: CliContext, site_id: str, enterprises_count: int, officers_per_sec
     """Load reference data (both maps, 20 customs branches, offices) and a synthetic population into SITE.
 
     Safe to rerun: what is already there is not added again (historical declarations are added each time)."""
-    cli.check_site(site_id)
     settings = cli.settings
-    engine = make_engine(settings.database_url(site_id))
-    if read_control(engine, site_id) is None:
-        fail(f"site {site_id} has no schema yet; run `standbyctl db upgrade --site {site_id}` first")
+    engine = open_site_database(cli, site_id)
     try:
         org = load_org_data(settings.path(settings.reference.org_dir))
     except OrgDataError as exc:

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import click
 
-from cutover.context import CliContext, fail, pass_cli, site_option
+from cutover.context import CliContext, fail, open_site_database, pass_cli, site_option
 from standby.domain.states import SiteRole
 from standby.ray_runtime import ensure_ray, shutdown_ray
 from standby.site_process import build_site, run_forever
-from standby.store.engine import make_engine
-from standby.store.migrate import current_revision, head_revision
 from standby.store.site import read_control
 
 
@@ -27,13 +25,8 @@ def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, por
     """Serve SITE's HTTP API (OpenAPI at /docs, metrics at /metrics) until Ctrl-C or SIGTERM.
 
     A primary accepts intake; a standby answers reads and refuses writes naming the primary."""
-    cli.check_site(site_id)
     settings = cli.settings
-    engine = make_engine(settings.database_url(site_id))
-    revision = current_revision(engine)
-    if revision != head_revision():
-        fail(f"site {site_id}'s schema is at {revision or 'nothing'}, not {head_revision()}; "
-             f"run `standbyctl db upgrade --site {site_id}`")
+    engine = open_site_database(cli, site_id)
     control = read_control(engine, site_id)
     if role and control.role.value != role:
         fail(f"site {site_id} is {control.role.value} in its database, not {role}; roles change through a runbook")

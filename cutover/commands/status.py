@@ -44,6 +44,8 @@ def status(cli: CliContext, site_ids: tuple[str, ...], as_json: bool) -> None:
 def _site_status(settings, site_id: str) -> dict:
     engine = make_engine(settings.database_url(site_id), writer=False)
     try:
+        if current_revision(engine) is None:
+            return {"site": site_id, "error": "no schema yet (run standbyctl db upgrade)"}
         control = read_control(engine, site_id)
         if control is None:
             return {"site": site_id, "error": "no schema or control row (run standbyctl db upgrade)"}

@@ -1,0 +1,96 @@
+"""kill -9 of ClearanceWorker processes under load: nothing accepted is lost, nothing is doubled.
+
+Clients behave as real ones do: a request that fails with a 5xx is retried with the same Idempotency-Key."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+from collections import Counter
+
+import pytest
+from sqlalchemy import func, select
+
+from loadtests.client import SiteClient
+from standby.domain.states import Kind
+from standby.store.schema import declarations, idempotency_keys
+from standby.synthetic import make_declaration_payload
+from tests.conftest import make_site_db, serve_site
+
+pytestmark = pytest.mark.fault
+
+DECLARATIONS = 400
+
+
+async def _declare_with_retries(client, token, payload, key, seen: Counter) -> dict:
+    for _attempt in range(20):
+        reply = await client.pre_declare(token, payload, key=key)
+        seen[(reply.status, reply.error_code)] += 1
+        if reply.status == 201:
+            return reply.body
+        assert reply.status == 503, reply.body  # only "try again" refusals are acceptable here
+        assert reply.error_code in ("intake_unavailable", "store_unavailable"), reply.body
+        assert reply.body["error"]["message"]
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{key} never accepted")
+
+
+async def _load_while_killing(served, tariff) -> tuple[list[dict], Counter, list[int]]:
+    tax_codes = served.db.active_enterprises(50)
+    rng = random.Random(3)
+    offices = ["01CA", "79CA", "31CA", "48CA", "92CA", "22CA"]
+    work = []
+    for i in range(DECLARATIONS):
+        tax_code = tax_codes[i % len(tax_codes)]
+        payload = make_declaration_payload(rng, Kind.IMPORT if i % 3 else Kind.EXPORT, tax_code,
+                                           offices[i % len(offices)], tariff)
+        work.append((served.tokens.declarant(tax_code), payload, f"fault-{i}"))
+    client = SiteClient(served.url, max_connections=32)
+    seen: Counter = Counter()
+    gate = asyncio.Semaphore(32)
+    killed: list[int] = []
+
+    async def one(token, payload, key):
+        async with gate:
+            return await _declare_with_retries(client, token, payload, key, seen)
+
+    async def killer():
+        for partition in (0, 1):
+            await asyncio.sleep(0.4)
+            pid = (await asyncio.to_thread(served.site.pool.pids))[partition]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    try:
+        results = await asyncio.gather(killer(), *(one(*w) for w in work))
+    finally:
+        await client.close()
+    return results[1:], seen, killed
+
+
+def test_kill_9_of_workers_under_load_loses_and_doubles_nothing(tmp_path, org, tariff, ray_session):
+    served = serve_site(make_site_db(tmp_path, org, enterprises_count=1500))
+    try:
+        before = served.site.pool.pids()
+        accepted, seen, killed = asyncio.run(_load_while_killing(served, tariff))
+        after = served.site.pool.pids()
+        metrics = served.site.services.metrics
+    finally:
+        served.stop()
+    assert len(killed) == 2 and set(killed) <= set(before)
+    assert not set(after) & set(killed), "Ray restarted the killed workers as new processes"
+    numbers = [a["number"] for a in accepted]
+    assert len(numbers) == DECLARATIONS == len(set(numbers)), "every declaration answered once, each number once"
+    engine = served.db.engine(writer=False)
+    with engine.connect() as conn:
+        stored = set(conn.execute(select(declarations.c.number)).scalars())
+        keys = conn.execute(select(func.count()).select_from(idempotency_keys)
+                            .where(idempotency_keys.c.key.like("fault-%"))).scalar()
+    engine.dispose()
+    assert stored == set(numbers), "the database holds exactly the acknowledged declarations"
+    assert keys == DECLARATIONS
+    restarts = sum(s.value for m in metrics.worker_restarts.collect() for s in m.samples if s.name.endswith("_total"))
+    assert restarts >= 1
+    # The kills were felt: some requests saw a retryable refusal or were replayed after a retry.
+    assert sum(seen.values()) >= DECLARATIONS

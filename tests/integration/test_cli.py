@@ -1,0 +1,92 @@
+"""standbyctl as an operator meets it: real SQLite files, clean errors with exit codes, never a traceback."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cutover.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    path = tmp_path / "standby.yaml"
+    path.write_text(yaml.safe_dump({
+        "root": str(REPO), "data_dir": str(tmp_path),
+        "sites": {"A": {"site_digit": 1, "database_url": f"sqlite:///{tmp_path / 'a.db'}", "http": {"port": 1}},
+                  "B": {"site_digit": 2, "database_url": f"sqlite:///{tmp_path / 'b.db'}", "http": {"port": 2}}},
+        "auth": {"tokens_file": str(tmp_path / "tokens.yaml")},
+    }))
+    return path
+
+
+def run(config: Path, *args: str):
+    return CliRunner().invoke(main, ["--config", str(config), *args], catch_exceptions=False)
+
+
+def test_upgrade_seed_status_round_trip(config):
+    first = run(config, "db", "upgrade", "--site", "A")
+    assert first.exit_code == 0 and "role primary, epoch 1, intake open" in first.output
+    assert "role standby" in run(config, "db", "upgrade", "--site", "B").output
+    assert run(config, "db", "current", "--site", "A").exit_code == 0
+    seeded = run(config, "seed", "--site", "A", "--enterprises", "1500", "--officers-per-section", "2")
+    assert seeded.exit_code == 0 and "enterprises +1500" in seeded.output and "officers +252" in seeded.output
+    again = run(config, "seed", "--site", "A", "--enterprises", "1500")
+    assert "enterprises +0" in again.output
+    status = run(config, "status", "--json")
+    rows = {r["site"]: r for r in json.loads(status.output)}
+    assert rows["A"]["role"] == "primary" and rows["A"]["enterprises"] == 1500 and rows["A"]["api"] == "not running"
+    assert rows["B"]["role"] == "standby" and rows["B"]["primary_site"] == "A"
+
+
+def test_roles_are_not_changed_by_upgrade(config):
+    run(config, "db", "upgrade", "--site", "A")
+    again = run(config, "db", "upgrade", "--site", "A", "--role", "standby")
+    assert again.exit_code == 0 and "roles change only through a runbook" in again.output
+
+
+def test_tokens_are_shown_once_and_stored_as_hashes(config, tmp_path):
+    issued = CliRunner().invoke(main, ["--config", str(config), "tokens", "issue", "--role", "operator",
+                                       "--subject", "alice"])
+    token = issued.stdout.strip().splitlines()[0]
+    stored = (tmp_path / "tokens.yaml").read_text()
+    assert len(token) >= 40 and token not in stored and "alice" in stored
+    assert oct((tmp_path / "tokens.yaml").stat().st_mode)[-3:] == "600"
+    listed = run(config, "tokens", "list")
+    assert "operator" in listed.output and token not in listed.output
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["db", "upgrade", "--site", "Z"], 2, "unknown site 'Z'"),
+    (["seed", "--site", "A"], 1, "run `standbyctl db upgrade --site A` first"),
+    (["serve", "--site", "A"], 1, "standbyctl db upgrade --site A"),
+    (["tokens", "issue", "--role", "declarant", "--subject", "abc"], 2, "10- or 13-digit tax code"),
+    (["seed", "--site", "A", "--enterprises", "-5"], 2, "-5"),
+])
+def test_operator_mistakes_get_a_sentence_and_an_exit_code(config, args, code, words):
+    result = CliRunner().invoke(main, ["--config", str(config), *args])
+    assert result.exit_code == code, result.output
+    assert words in result.output and "Traceback" not in result.output
+
+
+def test_serve_refuses_a_role_the_database_does_not_hold(config):
+    run(config, "db", "upgrade", "--site", "B")
+    result = CliRunner().invoke(main, ["--config", str(config), "serve", "--site", "B", "--role", "primary"])
+    assert result.exit_code == 1 and "standby in its database, not primary" in result.output
+
+
+def test_a_broken_settings_file_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sites: {A: {site_digit: 0, database_url: x}}")
+    result = CliRunner().invoke(main, ["--config", str(bad), "status"])
+    assert result.exit_code == 2 and "bad.yaml" in result.output and "site_digit" in result.output
+
+
+def test_help_teaches_the_first_run():
+    result = CliRunner().invoke(main, ["--help"])
+    assert "standbyctl db upgrade --site A" in result.output and "standbyctl demo" in result.output
