@@ -1,11 +1,14 @@
-"""An async client for one site's HTTP API, as a real declarant or officer system would use it."""
+"""An async client for one site's HTTP API, as a real declarant or officer system would use it.
+
+Built on aiohttp: on this class of machine it costs a fraction of httpx's CPU per request, which matters when the
+load generator shares two cores with the system under test."""
 from __future__ import annotations
 
 import time
 import uuid
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 
 @dataclass
@@ -13,6 +16,7 @@ class Reply:
     status: int
     body: dict
     seconds: float
+    headers: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -24,15 +28,15 @@ class Reply:
 
 
 class SiteClient:
-    """Every POST carries a fresh Idempotency-Key unless the caller passes one (to retry)."""
+    """Every POST carries a fresh Idempotency-Key unless the caller passes one (to retry). Create it inside the
+    event loop that uses it."""
 
     def __init__(self, base_url: str, *, max_connections: int = 100, timeout_s: float = 30.0):
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s,
-                                      limits=httpx.Limits(max_connections=max_connections,
-                                                          max_keepalive_connections=max_connections))
+        self.http = aiohttp.ClientSession(base_url, connector=aiohttp.TCPConnector(limit=max_connections),
+                                          timeout=aiohttp.ClientTimeout(total=timeout_s))
 
     async def close(self) -> None:
-        await self.http.aclose()
+        await self.http.close()
 
     async def _call(self, method: str, path: str, token: str, body: dict | None = None,
                     key: str | None = None) -> Reply:
@@ -40,13 +44,14 @@ class SiteClient:
         if method == "POST":
             headers["Idempotency-Key"] = key or uuid.uuid4().hex
         started = time.perf_counter()
-        response = await self.http.request(method, path, json=body, headers=headers)
-        elapsed = time.perf_counter() - started
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = {"raw": response.text[:200]}
-        return Reply(response.status_code, payload, elapsed)
+        async with self.http.request(method, path, json=body, headers=headers) as response:
+            raw = await response.read()
+            elapsed = time.perf_counter() - started
+            try:
+                payload = await response.json(content_type=None) if raw else {}
+            except ValueError:
+                payload = {"raw": raw[:200].decode(errors="replace")}
+            return Reply(response.status, payload, elapsed, dict(response.headers))
 
     async def pre_declare(self, token: str, payload: dict, key: str | None = None) -> Reply:
         return await self._call("POST", "/v1/declarations", token, payload, key)

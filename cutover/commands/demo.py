@@ -129,10 +129,13 @@ async def _robustness_checks(client: SiteClient, cast: Cast, tariff, rng: random
     """A few things a real client will do wrong, and what the site answers."""
     tax_code, token = next(iter(cast.declarants.items()))
     payload = make_declaration_payload(rng, Kind.IMPORT, tax_code, cast.offices[0], tariff)
-    first = await client.pre_declare(token, payload, key="demo-retry-1")
-    again = await client.pre_declare(token, payload, key="demo-retry-1")
-    out = [("retry with the same Idempotency-Key",
-            f"{again.status}, same number {again.body.get('number')} == {first.body.get('number')}")]
+    key = f"demo-retry-{rng.getrandbits(48):x}"
+    first = await client.pre_declare(token, payload, key=key)
+    again = await client.pre_declare(token, payload, key=key)
+    replayed = (again.headers or {}).get("Idempotent-Replayed") == "true"
+    out = [("a retry with the same Idempotency-Key",
+            f"{again.status}, the same number {again.body.get('number')} (first answer {first.body.get('number')}), "
+            f"replayed={replayed}, no second declaration")]
     too_many = dict(payload, goods=payload["goods"][:1] * 51)
     bad = await client.pre_declare(token, too_many)
     out.append(("51 goods lines", f"{bad.status} {bad.error_code}: {bad.body['error']['message']}"))

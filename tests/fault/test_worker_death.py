@@ -20,7 +20,8 @@ from tests.conftest import make_site_db, serve_site
 
 pytestmark = pytest.mark.fault
 
-DECLARATIONS = 400
+DECLARATIONS = 1600
+KILL_AFTER = (300, 900)  # acknowledged declarations before each kill: the kills land mid-load
 
 
 async def _declare_with_retries(client, token, payload, key, seen: Counter) -> dict:
@@ -50,17 +51,21 @@ async def _load_while_killing(served, tariff) -> tuple[list[dict], Counter, list
     seen: Counter = Counter()
     gate = asyncio.Semaphore(32)
     killed: list[int] = []
+    acknowledged = [0]
 
     async def one(token, payload, key):
         async with gate:
-            return await _declare_with_retries(client, token, payload, key, seen)
+            body = await _declare_with_retries(client, token, payload, key, seen)
+            acknowledged[0] += 1
+            return body
 
     async def killer():
-        for partition in (0, 1):
-            await asyncio.sleep(0.4)
-            pid = (await asyncio.to_thread(served.site.pool.pids))[partition]
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
+        pids = await asyncio.to_thread(served.site.pool.pids)
+        for partition, after in enumerate(KILL_AFTER):
+            while acknowledged[0] < after:
+                await asyncio.sleep(0.005)
+            os.kill(pids[partition], signal.SIGKILL)
+            killed.append(pids[partition])
 
     try:
         results = await asyncio.gather(killer(), *(one(*w) for w in work))
@@ -78,7 +83,7 @@ def test_kill_9_of_workers_under_load_loses_and_doubles_nothing(tmp_path, org, t
         metrics = served.site.services.metrics
     finally:
         served.stop()
-    assert len(killed) == 2 and set(killed) <= set(before)
+    assert len(killed) == 2 and set(killed) == set(before)
     assert not set(after) & set(killed), "Ray restarted the killed workers as new processes"
     numbers = [a["number"] for a in accepted]
     assert len(numbers) == DECLARATIONS == len(set(numbers)), "every declaration answered once, each number once"
