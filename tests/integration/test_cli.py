@@ -90,3 +90,27 @@ def test_a_broken_settings_file_is_named(tmp_path):
 def test_help_teaches_the_first_run():
     result = CliRunner().invoke(main, ["--help"])
     assert "standbyctl db upgrade --site A" in result.output and "standbyctl demo" in result.output
+
+
+def test_seed_adds_historical_declarations_that_are_closed_and_numbered_from_the_site(config, tmp_path):
+    import sqlite3
+
+    run(config, "db", "upgrade", "--site", "A")
+    seeded = run(config, "seed", "--site", "A", "--enterprises", "1000", "--declarations", "1200")
+    assert seeded.exit_code == 0 and "declarations +1200" in seeded.output
+    db = sqlite3.connect(tmp_path / "a.db")
+    states = dict(db.execute("SELECT state, count(*) FROM declarations GROUP BY state").fetchall())
+    lanes = dict(db.execute("SELECT lane, count(*) FROM declarations GROUP BY lane").fetchall())
+    numbers = [n for (n,) in db.execute("SELECT number FROM declarations")]
+    lines = db.execute("SELECT count(*) FROM goods_lines").fetchone()[0]
+    assert states == {"cleared": 1200} and set(lanes) == {"green", "yellow", "red"}
+    assert len(set(numbers)) == 1200 and all(n.startswith("1") and len(n) == 12 for n in numbers)
+    assert lines >= 1200
+    # The live intake continues after the historical block: the next number is never one already used.
+    next_sequence = db.execute("SELECT next_sequence FROM number_blocks WHERE site_digit = 1").fetchone()[0]
+    assert next_sequence > max(int(n[1:11]) for n in numbers)
+
+
+def test_bench_explains_its_capacity_figures(config):
+    result = run(config, "bench", "intake", "--explain-capacity")
+    assert result.exit_code == 0 and "peak declarations/s      = 3.41" in result.output
