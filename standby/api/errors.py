@@ -48,8 +48,12 @@ async def on_validation_error(_request: Request, exc: RequestValidationError) ->
 
 
 async def on_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    codes = {404: "not_found", 405: "method_not_allowed"}
-    return JSONResponse(error_body(codes.get(exc.status_code, "http_error"), str(exc.detail)), exc.status_code)
+    # FastAPI wraps any failure while decoding the body (bad UTF-8, an integer too long to parse) in a plain 400.
+    if exc.status_code == 400 and isinstance(exc.__cause__, (UnicodeDecodeError, ValueError)):
+        return JSONResponse(error_body("malformed_json", f"the body is not valid JSON: {exc.__cause__}"[:300]), 400)
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+    return JSONResponse(error_body(codes.get(exc.status_code, "http_error"), str(exc.detail)), exc.status_code,
+                        headers=getattr(exc, "headers", None))
 
 
 class BodyLimit:
@@ -72,12 +76,12 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge()
+                    raise _TooLarge(self.limit)
             return message
 
         try:
             await self.app(scope, limited_receive, send)
-        except _TooLarge:
+        except _TooLarge:  # raised where no route caught it (a route's body reader answers 413 itself)
             await self._refuse(send)
 
     async def _refuse(self, send) -> None:
@@ -86,5 +90,8 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": response.body})
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    """An HTTP exception, so FastAPI's body reader passes it through as a 413 rather than a generic 400."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"the body is over the {limit}-byte limit")

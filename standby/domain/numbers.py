@@ -6,10 +6,12 @@ reserved by a committed transaction before use, so a crash skips the rest of a b
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from standby.domain.errors import DomainError
 
+_NUMBER = re.compile(r"[1-9][0-9]{11}")
 SEQUENCE_LIMIT = 10**10
 MAX_AMENDMENTS = 9
 
@@ -47,7 +49,8 @@ class DeclarationNumber:
 
     @classmethod
     def parse(cls, text: str, field: str = "number") -> "DeclarationNumber":
-        if not isinstance(text, str) or len(text) != 12 or not text.isdigit() or text[0] == "0":
+        # ASCII only: str.isdigit() also accepts '²' and Arabic-Indic digits, which int() may read as an alias.
+        if not isinstance(text, str) or not _NUMBER.fullmatch(text):
             raise DomainError(
                 "number_invalid", f"{field} must be a 12-digit declaration number, got {text!r}", field, 400
             )
