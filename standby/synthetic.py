@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Mapping
 
+from standby.domain.enterprise import TAX_DEBT_LIMIT_DAYS
+from standby.domain.enterprise import registration_block as domain_registration_block
 from standby.domain.risk import RiskFacts
 from standby.domain.states import Kind
 from standby.domain.tariff import MAX_GOODS_LINES, Assessment, Tariff
-from standby.domain.enterprise import TAX_DEBT_LIMIT_DAYS
-from standby.domain.enterprise import registration_block as domain_registration_block
 
 # Share of enterprises per risk class. `priority` is AEO-like (few firms, reduced checks); `new` is under a year old.
 ENTERPRISE_CLASSES: Mapping[str, float] = {

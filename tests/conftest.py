@@ -177,9 +177,9 @@ def serve_site(db: SiteDb) -> ServedSite:
     return ServedSite(db, site, server, tokens)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def served(tmp_path_factory, org, ray_session) -> ServedSite:
-    """One primary site on real SQLite with Ray workers behind real uvicorn, shared by a test module."""
+    """One primary site on real SQLite with Ray workers behind real uvicorn, shared by the HTTP tests."""
     served = serve_site(make_site_db(tmp_path_factory.mktemp("site"), org))
     yield served
     served.stop()

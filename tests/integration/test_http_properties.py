@@ -16,10 +16,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
 
 from standby.domain.states import Kind
-from standby.store.schema import declarations, goods_lines
 from standby.synthetic import make_declaration_payload
 
 OFFICE = "01CA"
@@ -117,25 +115,6 @@ def mutated(draw, base: dict, top_fields: tuple[str, ...]) -> dict:
 
 
 # --- fixtures and checks ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def client(served):
-    with httpx.Client(base_url=served.url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def rows(served):
-    engine = served.db.engine(writer=False)
-
-    def count() -> tuple[int, int]:
-        with engine.connect() as conn:
-            return (conn.execute(select(func.count()).select_from(declarations)).scalar_one(),
-                    conn.execute(select(func.count()).select_from(goods_lines)).scalar_one())
-
-    yield count
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")
