@@ -129,7 +129,8 @@ async def ramp(url: str, site: BenchSite, capacity: DesignCapacity, multipliers:
             steps.append((m, step))
             log(f"  {m:>6g}x  offered {step.offered_per_s:8.1f}/s  achieved {step.achieved_per_s:8.1f}/s  "
                 f"decision p50 {step.pct(50) * 1000:7.1f} ms  p95 {step.pct(95) * 1000:7.1f}  "
-                f"p99 {step.pct(99) * 1000:7.1f}  errors {sum(step.errors.values())}  shed {step.shed}")
+                f"p99 {step.pct(99) * 1000:7.1f} (green p99 {step.pct(99, 'green') * 1000:7.1f})  "
+                f"errors {sum(step.errors.values())}  shed {step.shed}")
             if saturated(step):
                 break
     finally:
@@ -196,6 +197,7 @@ def summarise(results: dict, bare: float, capacity: DesignCapacity) -> dict:
             "sustained_declarations_per_s": round(best[1].achieved_per_s, 1) if best else 0.0,
             "sustained_multiple_of_design_peak": round(best[0], 1) if best else 0.0,
             "decision_p99_ms_at_3x": round(at3.pct(99) * 1000, 2) if at3 else None,
+            "green_decision_p99_ms_at_3x": round(at3.pct(99, "green") * 1000, 2) if at3 else None,
         }
     modes = summary["modes"]
     if "ray" in modes and "in-process" in modes and modes["ray"]["sustained_declarations_per_s"]:

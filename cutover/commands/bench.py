@@ -66,7 +66,7 @@ def intake(cli: CliContext, multipliers: str, step_seconds: float, modes: str, w
     for mode, m in summary["modes"].items():
         click.echo(f"{mode}: sustained {m['sustained_declarations_per_s']}/s "
                    f"({m['sustained_multiple_of_design_peak']}x design peak); p99 decision at 3x: "
-                   f"{m['decision_p99_ms_at_3x']} ms")
+                   f"{m['decision_p99_ms_at_3x']} ms (green lane {m['green_decision_p99_ms_at_3x']} ms)")
     if out:
         out.write_text(json.dumps(summary, indent=2))
         click.echo(f"results written to {out}")
