@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -16,7 +17,7 @@ class Reply:
     status: int
     body: dict
     seconds: float
-    headers: dict | None = None
+    headers: Mapping[str, str] | None = None  # case-insensitive, as HTTP header names are
 
     @property
     def ok(self) -> bool:
@@ -51,7 +52,7 @@ class SiteClient:
                 payload = await response.json(content_type=None) if raw else {}
             except ValueError:
                 payload = {"raw": raw[:200].decode(errors="replace")}
-            return Reply(response.status, payload, elapsed, dict(response.headers))
+            return Reply(response.status, payload, elapsed, response.headers.copy())
 
     async def pre_declare(self, token: str, payload: dict, key: str | None = None) -> Reply:
         return await self._call("POST", "/v1/declarations", token, payload, key)
