@@ -5,6 +5,7 @@ import asyncio
 import random
 import socket
 import time
+import uuid
 
 import click
 from sqlalchemy import select
@@ -129,7 +130,7 @@ async def _robustness_checks(client: SiteClient, cast: Cast, tariff, rng: random
     """A few things a real client will do wrong, and what the site answers."""
     tax_code, token = next(iter(cast.declarants.items()))
     payload = make_declaration_payload(rng, Kind.IMPORT, tax_code, cast.offices[0], tariff)
-    key = f"demo-retry-{rng.getrandbits(48):x}"
+    key = f"demo-retry-{uuid.uuid4().hex}"
     first = await client.pre_declare(token, payload, key=key)
     again = await client.pre_declare(token, payload, key=key)
     replayed = (again.headers or {}).get("Idempotent-Replayed") == "true"
