@@ -6,20 +6,18 @@ import uuid
 
 import httpx
 
-
 from tests.integration.http_helpers import (
-    payload,
-    bearer,
-    post,
-    get,
-    refusal,
-    predeclare,
-    register,
+    IMPORT_SECTION,
     OFFICE,
     OTHER_OFFICE,
-    IMPORT_SECTION,
+    bearer,
+    get,
+    payload,
+    post,
+    predeclare,
+    refusal,
+    register,
 )
-
 
 # --- authentication and authorisation -------------------------------------------------------------------------------
 

@@ -7,9 +7,7 @@ import uuid
 import httpx
 import pytest
 
-
-from tests.integration.http_helpers import payload, bearer, post, get, refusal, predeclare, register
-
+from tests.integration.http_helpers import bearer, get, payload, post, predeclare, refusal, register
 
 # --- bad input -------------------------------------------------------------------------------------------------------
 

@@ -5,9 +5,7 @@ import uuid
 
 import pytest
 
-
 from tests.integration.http_helpers import payload, post, refusal
-
 
 # --- idempotency -----------------------------------------------------------------------------------------------------
 

@@ -1,21 +1,17 @@
 """The clearance lifecycle over real HTTP: pre-declare, register, officer queue and decision, payment."""
 from __future__ import annotations
 
-
-
-
 from tests.integration.http_helpers import (
+    IMPORT_SECTION,
+    OFFICE,
+    get,
     payload,
     post,
-    get,
-    refusal,
     predeclare,
-    registered_until,
     queue_numbers,
-    OFFICE,
-    IMPORT_SECTION,
+    refusal,
+    registered_until,
 )
-
 
 # --- the lifecycle ---------------------------------------------------------------------------------------------------
 

@@ -1,7 +1,6 @@
 """A standby site refuses writes and serves reads; the operational endpoints (/healthz, /readyz, /metrics, /openapi.json)."""
 from __future__ import annotations
 
-
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
@@ -9,9 +8,7 @@ from sqlalchemy import func, select
 from standby.domain.states import SiteRole
 from standby.store.schema import declarations, goods_lines
 from tests.conftest import make_site_db, serve_site
-
-from tests.integration.http_helpers import payload, post, get, refusal, predeclare, register, INTAKE_PATHS
-
+from tests.integration.http_helpers import INTAKE_PATHS, get, payload, post, predeclare, refusal, register
 
 # --- a standby site refuses writes -----------------------------------------------------------------------------------
 
