@@ -38,7 +38,6 @@ class IntakeSettings(_Strict):
 
 class LimitSettings(_Strict):
     max_body_bytes: int = Field(256 * 1024, ge=1024)
-    max_goods_lines: int = Field(50, ge=1, le=50)
 
 
 class ReferenceSettings(_Strict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -64,7 +64,6 @@ class Outcome:
     body: dict
     replayed: bool = False
     lane: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
