@@ -21,18 +21,23 @@ def make_engine(url: str, *, pool_size: int = 5, writer: bool = True) -> Engine:
     return create_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
 
 
-def _sqlite_on_connect(dbapi_conn, _record) -> None:
+def _sqlite_on_connect(dbapi_conn, record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
+    record.info["capture_txn"] = cur.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'capture_txn'").fetchone() is not None
     cur.close()
 
 
 def _sqlite_begin_immediate(conn) -> None:
     # pysqlite's own BEGIN is deferred; a deferred reader that later writes can deadlock with another writer.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+    if conn.info.get("capture_txn"):
+        # Inside the write lock, so transaction ids follow commit order; change capture stamps rows with it.
+        conn.exec_driver_sql("UPDATE capture_txn SET txid = txid + 1 WHERE id = 1")
 
 
 def _sqlite_begin_deferred(conn) -> None:

@@ -230,3 +230,46 @@ audit_log = Table(
     Column("target", String(32)),
     Column("detail", Text),
 )
+
+# --- change capture and replication bookkeeping (migration 0002) ---------------------------------------------------
+
+change_log = Table(
+    "change_log",
+    metadata,
+    # AUTOINCREMENT: a sequence is never reused after acknowledged rows are pruned. SQLite has one writer at a time,
+    # so the order rows get their seq in is the order their transactions commit.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("table_name", String(64), nullable=False),
+    Column("op", String(8), nullable=False),
+    Column("pk", Text, nullable=False),
+    Column("row", Text),
+    Column("at", Float, nullable=False),
+    Column("txid", BigInteger, nullable=False),
+    sqlite_autoincrement=True,
+)  # SQLite change capture, filled by triggers in the writing transaction (PostgreSQL uses logical decoding)
+
+capture_txn = Table(
+    "capture_txn",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("txid", BigInteger, nullable=False),
+)  # one row; every write transaction of a writer engine bumps it first, so the triggers can stamp a transaction id
+
+replication_heartbeat = Table(
+    "replication_heartbeat",
+    metadata,
+    Column("source", String(8), primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("counter", BigInteger, nullable=False),
+)  # written on the primary by the replicator and replicated like any row, so the standby can tell its lag
+
+replication_state = Table(
+    "replication_state",
+    metadata,
+    Column("stream", String(64), primary_key=True),
+    Column("part", Integer, primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("changes", BigInteger, nullable=False),
+    Column("heartbeat_at", Float),
+    Column("applied_at", Float, nullable=False),
+)  # on the standby: how far each apply partition has got, written in the same transaction as the rows

@@ -1,0 +1,201 @@
+"""Applies row changes to the standby's database, exactly once, with the applied position in the same transaction."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+
+from sqlalchemy import Boolean, Date, Engine, Float, Integer, Numeric, Table, delete, event, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from replication.changes import Change, ChangeOp
+from replication.errors import PermanentApplyError, TargetUnavailable
+from standby.store.engine import is_sqlite, make_engine
+from standby.store.schema import metadata, replication_state
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    part: int
+    position: int
+    applied: int
+    heartbeat_at: float | None  # commit time of the newest primary heartbeat in the batch
+    newest_commit_at: float | None
+    applied_at: float
+
+
+def apply_engine(url: str) -> Engine:
+    """The standby's writer engine for applying. Foreign keys are not enforced while applying: rows arrive in the
+    primary's commit order per key, but partitions run in parallel, so a child may land before its parent (as in
+    PostgreSQL's own logical replication, which applies as session_replication_role = replica)."""
+    engine = make_engine(url, pool_size=2)
+    if is_sqlite(engine):
+        @event.listens_for(engine, "connect")
+        def _no_fk(dbapi_conn, _record):
+            dbapi_conn.execute("PRAGMA foreign_keys=OFF")
+    return engine
+
+
+class Applier:
+    """Contract: `apply(stream, part, changes, upto)` applies `changes` (already in commit order, all belonging to
+    `part`) that are above the partition's stored position, and stores `upto` as the new position, all in one
+    transaction. After a crash the same window can be sent again: nothing at or below the stored position is applied
+    twice. Transient failures raise TargetUnavailable (nothing written); a change the database refuses raises
+    PermanentApplyError naming that change (nothing of the window written)."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time):
+        self.engine, self.clock = engine, clock
+        self._dialect = sqlite if is_sqlite(engine) else postgresql
+        self._coercers = {name: _coercer(t) for name, t in metadata.tables.items()}
+
+    def positions(self, stream: str) -> dict[int, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(replication_state.c.part, replication_state.c.position)
+                                .where(replication_state.c.stream == stream)).all()
+        return dict(rows)
+
+    def apply(self, stream: str, part: int, changes: Sequence[Change], upto: int) -> ApplyResult:
+        try:
+            return self._apply(stream, part, changes, upto)
+        except OperationalError as exc:
+            raise TargetUnavailable(f"standby database unavailable: {exc.orig}") from exc
+        except DBAPIError as exc:
+            raise PermanentApplyError(self._culprit(changes) or (changes[0] if changes else None),
+                                      f"{type(exc.orig).__name__}: {exc.orig}") from exc
+
+    def _apply(self, stream: str, part: int, changes: Sequence[Change], upto: int) -> ApplyResult:
+        with self.engine.begin() as conn:
+            self._replica_session(conn)
+            stored = conn.execute(select(replication_state.c.position).where(
+                replication_state.c.stream == stream, replication_state.c.part == part)).scalar()
+            fresh = [c for c in changes if stored is None or c.position > stored]
+            for group in _runs(fresh):
+                self._execute(conn, group)
+            heartbeat = max((c.row["at"] for c in fresh if c.table == "replication_heartbeat" and c.row), default=None)
+            newest = max((c.committed_at for c in fresh if c.committed_at), default=None)
+            now = self.clock()
+            position = max(upto, stored or 0)
+            self._store_position(conn, stream, part, position, len(fresh), heartbeat, now, stored is None)
+            if is_sqlite(self.engine):
+                # The standby's own triggers captured what we just wrote; it is the primary's history, not ours.
+                conn.execute(text("DELETE FROM change_log WHERE txid = (SELECT txid FROM capture_txn WHERE id = 1)"))
+        return ApplyResult(part, position, len(fresh), heartbeat, newest, now)
+
+    def _replica_session(self, conn) -> None:
+        if not is_sqlite(self.engine):
+            conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+
+    def _store_position(self, conn, stream, part, position, count, heartbeat, now, new: bool) -> None:
+        values = {"position": position, "applied_at": now}
+        if heartbeat is not None:
+            values["heartbeat_at"] = heartbeat
+        if new:
+            conn.execute(replication_state.insert().values(stream=stream, part=part, changes=count,
+                                                           heartbeat_at=heartbeat, **values))
+        else:
+            conn.execute(update(replication_state).where(replication_state.c.stream == stream,
+                                                         replication_state.c.part == part)
+                         .values(changes=replication_state.c.changes + count, **values))
+
+    def _execute(self, conn, group: list[Change]) -> None:
+        table = metadata.tables[group[0].table]
+        coerce = self._coercers[table.name]
+        if group[0].op is ChangeOp.DELETE:
+            pk = list(table.primary_key.columns)
+            for change in group:
+                key = coerce(change.key)
+                conn.execute(delete(table).where(*(c == key[c.name] for c in pk)))
+            return
+        conn.execute(self._upsert(table), [coerce(c.row) for c in group])
+
+    def _upsert(self, table: Table):
+        stmt = self._dialect.insert(table)
+        keys = [c.name for c in table.primary_key.columns]
+        others = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+        return (stmt.on_conflict_do_update(index_elements=keys, set_=others) if others
+                else stmt.on_conflict_do_nothing(index_elements=keys))
+
+    def _culprit(self, changes: Sequence[Change]) -> Change | None:
+        """Find the first change the database refuses, one at a time in a transaction that is rolled back."""
+        with self.engine.connect() as conn:
+            tx = conn.begin()
+            try:
+                self._replica_session(conn)
+                for change in changes:
+                    try:
+                        with conn.begin_nested():
+                            self._execute(conn, [change])
+                    except DBAPIError:
+                        return change
+            finally:
+                tx.rollback()
+        return None
+
+    def load_snapshot(self, stream: str, parts: int, position: int, tables: Iterable, batch: int = 5000,
+                      progress: Callable[[str, int], None] = lambda table, rows: None) -> int:
+        """Copy a snapshot into empty-or-stale tables (upserts) and set every partition's position to `position`."""
+        total = 0
+        with self.engine.begin() as conn:
+            self._replica_session(conn)
+            for snap in tables:
+                table = metadata.tables[snap.table]
+                coerce, statement, rows, count = self._coercers[snap.table], self._upsert(table), [], 0
+                for row in snap.rows:
+                    rows.append(coerce(row))
+                    if len(rows) >= batch:
+                        conn.execute(statement, rows)
+                        count, rows = count + len(rows), []
+                        progress(snap.table, count)
+                if rows:
+                    conn.execute(statement, rows)
+                    count += len(rows)
+                progress(snap.table, count)
+                total += count
+            conn.execute(delete(replication_state).where(replication_state.c.stream == stream))
+            now = self.clock()
+            conn.execute(replication_state.insert(), [
+                {"stream": stream, "part": p, "position": position, "changes": 0, "heartbeat_at": None,
+                 "applied_at": now} for p in range(parts)])
+            if is_sqlite(self.engine):
+                conn.execute(text("DELETE FROM change_log WHERE txid = (SELECT txid FROM capture_txn WHERE id = 1)"))
+        return total
+
+
+def _runs(changes: Sequence[Change]) -> Iterable[list[Change]]:
+    """Consecutive changes to the same table with the same kind of statement, so each run is one executemany
+    (order is kept: a run never reorders anything)."""
+    run: list[Change] = []
+    for change in changes:
+        kind = (change.table, change.op is ChangeOp.DELETE)
+        if run and (run[0].table, run[0].op is ChangeOp.DELETE) != kind:
+            yield run
+            run = []
+        run.append(change)
+    if run:
+        yield run
+
+
+def _coercer(table: Table) -> Callable[[dict], dict]:
+    """JSON-ready values (as the sources give them) to the column types the database driver expects."""
+    def converter(column):
+        kind = column.type
+        if isinstance(kind, Boolean):
+            return lambda v: None if v is None else bool(v)
+        if isinstance(kind, Date):
+            return lambda v: date.fromisoformat(v[:10]) if isinstance(v, str) else v
+        if isinstance(kind, Numeric) and not isinstance(kind, Float):
+            return lambda v: None if v is None else Decimal(str(v))
+        if isinstance(kind, Float):
+            return lambda v: None if v is None else float(v)
+        if isinstance(kind, Integer):
+            return lambda v: None if v is None else int(v)
+        return lambda v: v
+
+    convert = {c.name: converter(c) for c in table.columns}
+
+    def coerce(row: dict) -> dict:
+        return {name: convert[name](value) for name, value in row.items() if name in convert}
+    return coerce

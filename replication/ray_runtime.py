@@ -1,0 +1,88 @@
+"""All of the replication package's Ray calls: ApplyWorker actors, one per partition of keys, and their pool."""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from replication.apply import ApplyResult
+from replication.changes import Change
+from replication.errors import PermanentApplyError, ReplicationError, TargetUnavailable
+
+
+@dataclass(frozen=True)
+class ApplyFailure:
+    """An error carried back as a value, so its class and the change it names survive the trip."""
+
+    kind: str  # "permanent" | "transient"
+    message: str
+    change: Change | None
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class ApplyWorker:
+    def __init__(self, url: str):
+        from replication.apply import Applier, apply_engine
+
+        self.applier = Applier(apply_engine(url))
+
+    def apply(self, stream: str, part: int, changes: list[Change], upto: int) -> ApplyResult | ApplyFailure:
+        try:
+            return self.applier.apply(stream, part, changes, upto)
+        except PermanentApplyError as exc:
+            return ApplyFailure("permanent", str(exc), exc.change)
+        except ReplicationError as exc:
+            return ApplyFailure("transient", str(exc), None)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class ApplyPool:
+    """One ApplyWorker per partition. Contract: `apply(stream, windows)` sends each partition its window in parallel
+    and returns their results; a worker that died raises TargetUnavailable (the replicator retries the window, which
+    is safe: positions are stored with the rows), a refused change raises PermanentApplyError."""
+
+    def __init__(self, url: str, partitions: int, call_timeout_s: float = 120.0):
+        self.url, self.partitions, self.call_timeout_s = url, partitions, call_timeout_s
+        self._actors: list = []
+
+    def start(self) -> None:
+        namespace = f"replication-{uuid.uuid4().hex[:8]}"
+        self._actors = [ApplyWorker.options(name=f"apply-{i}", namespace=namespace, num_cpus=0).remote(self.url)
+                        for i in range(self.partitions)]
+        ray.get([a.pid.remote() for a in self._actors], timeout=120)
+
+    def apply(self, stream: str, windows: dict[int, tuple[Sequence[Change], int]]) -> list[ApplyResult]:
+        refs = [self._actors[p].apply.remote(stream, p, list(changes), upto) for p, (changes, upto) in windows.items()]
+        try:
+            outcomes = ray.get(refs, timeout=self.call_timeout_s)
+        except (RayActorError, GetTimeoutError) as exc:
+            raise TargetUnavailable(f"an apply worker died or stalled ({type(exc).__name__}); retrying") from exc
+        failures = [o for o in outcomes if isinstance(o, ApplyFailure)]
+        permanent = [f for f in failures if f.kind == "permanent"]
+        if permanent:
+            raise PermanentApplyError(permanent[0].change, permanent[0].message)
+        if failures:
+            raise TargetUnavailable(failures[0].message)
+        return outcomes
+
+    def pids(self, timeout_s: float = 60.0) -> list[int]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return ray.get([a.pid.remote() for a in self._actors], timeout=timeout_s)
+            except RayActorError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        for actor in self._actors:
+            ray.kill(actor, no_restart=True)
+        self._actors = []

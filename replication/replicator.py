@@ -1,0 +1,150 @@
+"""The replication loop: snapshot once, then stream windows of changes to the apply workers, in commit order."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from replication.apply import Applier, ApplyResult
+from replication.changes import Change, ChangeSource
+from replication.errors import SourceUnavailable, TargetUnavailable
+from replication.metrics import ReplicationMetrics
+
+log = logging.getLogger(__name__)
+DECLARATION_KEYS = ("base", "declaration_base")
+
+
+def partition_of(change: Change, partitions: int) -> int:
+    """A declaration's rows (declaration, goods lines, assignments) share a partition, so one transaction's changes to
+    one declaration are applied together and in order; other rows go by table and key."""
+    for name in DECLARATION_KEYS:
+        if name in change.key and change.table in ("declarations", "goods_lines", "officer_assignments"):
+            return zlib.crc32(str(change.key[name]).encode()) % partitions
+    return zlib.crc32(f"{change.table}:{json.dumps(change.key, sort_keys=True)}".encode()) % partitions
+
+
+def windows_by_partition(changes: list[Change], partitions: int, positions: dict[int, int]) -> dict[int, tuple]:
+    """Each partition's share of a read window (only changes above its own position) and the window's end, which
+    every partition records, so a partition with nothing in the window still moves on."""
+    upto = changes[-1].position
+    shares: dict[int, list[Change]] = {p: [] for p in range(partitions)}
+    for change in changes:
+        part = partition_of(change, partitions)
+        if change.position > positions.get(part, 0):
+            shares[part].append(change)
+    return {p: (share, upto) for p, share in shares.items()}
+
+
+@dataclass
+class ReplicatorOptions:
+    stream: str
+    partitions: int = 2
+    window: int = 5000
+    idle_sleep_s: float = 0.02
+    heartbeat_interval_s: float = 0.2
+    give_up_after_s: float = 600.0  # transient failures are retried with capped backoff for this long
+
+
+class Replicator:
+    """Contract: `run(stop)` keeps the standby's tables equal to the primary's, minus the lag, until `stop` is set;
+    it returns after the current window is applied or abandoned whole (positions are stored with the rows, so the
+    next start resumes exactly). Transient failures are retried with capped exponential backoff; a permanent one
+    raises PermanentApplyError naming the change, and nothing after it is applied."""
+
+    def __init__(self, source: ChangeSource, pool, applier: Applier, options: ReplicatorOptions,
+                 metrics: ReplicationMetrics, heartbeat: Callable[[float], None] | None = None,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
+        self.source, self.pool, self.applier, self.o, self.metrics = source, pool, applier, options, metrics
+        self.heartbeat, self.clock, self.sleep = heartbeat, clock, sleep
+        self.positions: dict[int, int] = {}
+        self._last_heartbeat = float("-inf")
+        self._newest_commit_at: float | None = None
+
+    # -- start ---------------------------------------------------------------------------------------------------
+    def start(self, progress: Callable[[str, int], None] = lambda table, rows: None) -> bool:
+        """Resume from the stored positions, or take the initial snapshot. Returns True if a snapshot was taken."""
+        self.positions = self.applier.positions(self.o.stream)
+        if len(self.positions) == self.o.partitions:
+            return False
+        if self.positions:
+            raise ValueError(f"stream {self.o.stream} was set up with {len(self.positions)} partitions, not "
+                             f"{self.o.partitions}; keep the same count or start a new stream")
+        position, tables = self.source.snapshot()
+
+        def counted(table: str, rows: int) -> None:
+            progress(table, rows)
+        total = self.applier.load_snapshot(self.o.stream, self.o.partitions, position, tables, progress=counted)
+        self.metrics.snapshot_rows.inc(total)
+        self.positions = {p: position for p in range(self.o.partitions)}
+        log.info("stream %s: snapshot of %d rows at position %d", self.o.stream, total, position)
+        return True
+
+    # -- stream --------------------------------------------------------------------------------------------------
+    def step(self) -> int:
+        """Read one window and apply it. Returns the number of changes applied (0 when caught up)."""
+        self._beat()
+        after = min(self.positions.values())
+        changes = self.source.read(after, self.o.window)
+        if not changes:
+            self._show_lag(caught_up=True)
+            return 0
+        results: list[ApplyResult] = self.pool.apply(self.o.stream, windows_by_partition(
+            changes, self.o.partitions, self.positions))
+        applied = 0
+        for r in results:
+            self.positions[r.part] = r.position
+            applied += r.applied
+        self.source.acknowledge(min(self.positions.values()))
+        now = self.clock()
+        for change in changes:
+            if change.committed_at:
+                self.metrics.apply_delay.observe(max(0.0, now - change.committed_at))
+        self._newest_commit_at = max((c.committed_at for c in changes if c.committed_at),
+                                     default=self._newest_commit_at)
+        self.metrics.changes_applied.inc(applied)
+        self.metrics.batch_size.observe(len(changes))
+        self._show_lag(caught_up=len(changes) < self.o.window)
+        return applied
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            for attempt in Retrying(retry=retry_if_exception_type((SourceUnavailable, TargetUnavailable)),
+                                    wait=wait_exponential(multiplier=0.1, max=5.0),
+                                    stop=stop_after_delay(self.o.give_up_after_s), reraise=True,
+                                    before_sleep=self._note_retry):
+                with attempt:
+                    applied = self.step()
+            if not applied:
+                stop.wait(self.o.idle_sleep_s)
+
+    def _note_retry(self, state) -> None:
+        kind = type(state.outcome.exception()).__name__
+        self.metrics.apply_errors.labels(self.o.stream, kind).inc()
+        log.warning("stream %s: %s (attempt %d), retrying", self.o.stream, state.outcome.exception(),
+                    state.attempt_number)
+
+    def _beat(self) -> None:
+        now = self.clock()
+        if self.heartbeat and now - self._last_heartbeat >= self.o.heartbeat_interval_s:
+            self.heartbeat(now)
+            self._last_heartbeat = now
+
+    def _show_lag(self, caught_up: bool) -> None:
+        now = self.clock()
+        applied = min(self.positions.values())
+        head = self.source.head()
+        self.metrics.applied_position.set(applied)
+        self.metrics.source_position.set(head)
+        self.metrics.lag_positions.set(max(0, head - applied) if not caught_up else 0)
+        if self._newest_commit_at is not None:
+            self.metrics.lag_seconds.set(max(0.0, now - self._newest_commit_at))
+
+    @property
+    def applied_position(self) -> int:
+        return min(self.positions.values()) if self.positions else 0
