@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cutover.commands import bench, db, demo, serve, status, tokens
+from cutover.commands import bench, db, demo, replicate, serve, status, tokens
 from cutover.context import CliContext
 
 DEFAULT_CONFIG = Path("config/standby.yaml")
@@ -32,7 +32,8 @@ def main(ctx: click.Context, config: Path, ray_address: str | None) -> None:
     ctx.obj = CliContext(config, {"ray": {"address": ray_address}} if ray_address else {})
 
 
-for command in (db.db, db.seed, serve.serve, status.status, tokens.tokens, demo.demo, bench.bench):
+for command in (db.db, db.seed, serve.serve, status.status, tokens.tokens, demo.demo, bench.bench,
+                replicate.replicate, replicate.verify):
     main.add_command(command)
 
 

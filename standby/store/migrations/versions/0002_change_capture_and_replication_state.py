@@ -11,23 +11,24 @@ import sqlalchemy as sa
 from alembic import op
 
 
-# Tables whose changes SQLite captures: (primary key, every column), frozen as of this revision.
+# Tables whose changes SQLite captures: (primary key, every column, real-valued columns), frozen as of this
+# revision. Real values are logged with 17 significant digits (json_object keeps 15, which loses float precision).
 CAPTURED = {
-    'provinces': (('code', 'valid_from'), ('code', 'valid_from', 'valid_to', 'name', 'short_name')),
-    'wards': (('code', 'valid_from'), ('code', 'valid_from', 'valid_to', 'name', 'province_code')),
-    'customs_branches': (('code',), ('code', 'name', 'headquarters', 'status')),
-    'customs_branch_provinces': (('branch_code', 'legacy_province_code'), ('branch_code', 'legacy_province_code', 'status')),
-    'customs_offices': (('code',), ('code', 'name', 'branch_code', 'province_code')),
-    'officers': (('officer_id',), ('officer_id', 'name', 'office_code', 'section', 'position', 'active')),
-    'officer_rotation': (('office_code', 'section'), ('office_code', 'section', 'next_position')),
-    'enterprises': (('tax_code',), ('tax_code', 'name', 'province_code', 'ward_code', 'address_valid_from', 'street', 'status', 'tax_debt_days', 'risk_class', 'age_days')),
-    'number_blocks': (('site_digit',), ('site_digit', 'next_sequence')),
-    'declarations': (('base',), ('base', 'number', 'amendment', 'kind', 'section', 'enterprise_tax_code', 'office_code', 'state', 'lane', 'lane_rule', 'lane_reason', 'officer_id', 'line_count', 'customs_value_vnd', 'duty_vnd', 'vat_vnd', 'total_vnd', 'paid_vnd', 'site_id', 'epoch', 'created_at', 'registered_at', 'decided_at', 'closed_at', 'updated_at')),
-    'goods_lines': (('declaration_base', 'line_no'), ('declaration_base', 'line_no', 'hs_code', 'description', 'quantity', 'unit', 'unit_price', 'currency', 'origin', 'value_vnd', 'duty_vnd', 'vat_vnd')),
-    'officer_assignments': (('declaration_base', 'amendment'), ('declaration_base', 'amendment', 'officer_id', 'office_code', 'section', 'lane', 'assigned_at', 'decision', 'decision_note', 'decided_at')),
-    'idempotency_keys': (('principal', 'key'), ('principal', 'key', 'request_hash', 'status', 'response', 'created_at')),
-    'audit_log': (('id',), ('id', 'at', 'site_id', 'epoch', 'actor', 'action', 'target', 'detail')),
-    'replication_heartbeat': (('source',), ('source', 'at', 'counter')),
+    'provinces': (('code', 'valid_from'), ('code', 'valid_from', 'valid_to', 'name', 'short_name'), ()),
+    'wards': (('code', 'valid_from'), ('code', 'valid_from', 'valid_to', 'name', 'province_code'), ()),
+    'customs_branches': (('code',), ('code', 'name', 'headquarters', 'status'), ()),
+    'customs_branch_provinces': (('branch_code', 'legacy_province_code'), ('branch_code', 'legacy_province_code', 'status'), ()),
+    'customs_offices': (('code',), ('code', 'name', 'branch_code', 'province_code'), ()),
+    'officers': (('officer_id',), ('officer_id', 'name', 'office_code', 'section', 'position', 'active'), ()),
+    'officer_rotation': (('office_code', 'section'), ('office_code', 'section', 'next_position'), ()),
+    'enterprises': (('tax_code',), ('tax_code', 'name', 'province_code', 'ward_code', 'address_valid_from', 'street', 'status', 'tax_debt_days', 'risk_class', 'age_days'), ()),
+    'number_blocks': (('site_digit',), ('site_digit', 'next_sequence'), ()),
+    'declarations': (('base',), ('base', 'number', 'amendment', 'kind', 'section', 'enterprise_tax_code', 'office_code', 'state', 'lane', 'lane_rule', 'lane_reason', 'officer_id', 'line_count', 'customs_value_vnd', 'duty_vnd', 'vat_vnd', 'total_vnd', 'paid_vnd', 'site_id', 'epoch', 'created_at', 'registered_at', 'decided_at', 'closed_at', 'updated_at'), ('created_at', 'registered_at', 'decided_at', 'closed_at', 'updated_at')),
+    'goods_lines': (('declaration_base', 'line_no'), ('declaration_base', 'line_no', 'hs_code', 'description', 'quantity', 'unit', 'unit_price', 'currency', 'origin', 'value_vnd', 'duty_vnd', 'vat_vnd'), ('quantity', 'unit_price')),
+    'officer_assignments': (('declaration_base', 'amendment'), ('declaration_base', 'amendment', 'officer_id', 'office_code', 'section', 'lane', 'assigned_at', 'decision', 'decision_note', 'decided_at'), ('assigned_at', 'decided_at')),
+    'idempotency_keys': (('principal', 'key'), ('principal', 'key', 'request_hash', 'status', 'response', 'created_at'), ('created_at',)),
+    'audit_log': (('id',), ('id', 'at', 'site_id', 'epoch', 'actor', 'action', 'target', 'detail'), ('at',)),
+    'replication_heartbeat': (('source',), ('source', 'at', 'counter'), ('at',)),
 }
 
 # revision identifiers, used by Alembic.
@@ -74,16 +75,21 @@ def upgrade() -> None:
     op.execute("INSERT INTO capture_txn (id, txid) VALUES (1, 0)")
     # ### end Alembic commands ###
     if op.get_bind().dialect.name == "sqlite":
-        for table, (pk, columns) in CAPTURED.items():
-            for statement in capture_triggers(table, pk, columns):
+        for table, (pk, columns, reals) in CAPTURED.items():
+            for statement in capture_triggers(table, pk, columns, reals):
                 op.execute(statement)
 
 
-def capture_triggers(table: str, pk: tuple, columns: tuple) -> list[str]:
+def capture_triggers(table: str, pk: tuple, columns: tuple, reals: tuple = ()) -> list[str]:
     """AFTER triggers that log each row change into change_log in the writing transaction (commit order = seq).
     A change of primary key is logged as a delete of the old key and an insert of the new one."""
+    def value(ref: str, c: str) -> str:
+        if c in reals:
+            return f"CASE WHEN {ref}.\"{c}\" IS NULL THEN NULL ELSE printf('%!.17g', {ref}.\"{c}\") END"
+        return f"{ref}.\"{c}\""
+
     def obj(ref: str, names: tuple) -> str:
-        return "json_object(" + ", ".join(f"'{c}', {ref}.\"{c}\"" for c in names) + ")"
+        return "json_object(" + ", ".join(f"'{c}', {value(ref, c)}" for c in names) + ")"
     now = "(julianday('now') - 2440587.5) * 86400.0"
     txid = "(SELECT txid FROM capture_txn WHERE id = 1)"
     log = "INSERT INTO change_log (table_name, op, pk, row, at, txid) VALUES"

@@ -1,0 +1,137 @@
+"""standbyctl replicate and standbyctl verify."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import click
+from prometheus_client import start_http_server
+
+from cutover.context import CliContext, fail, open_site_database, pass_cli
+from replication.apply import Applier, apply_engine
+from replication.errors import PermanentApplyError, ReplicationError, SchemaMismatch
+from replication.heartbeat import write_heartbeat
+from replication.metrics import ReplicationMetrics
+from replication.ray_runtime import ApplyPool
+from replication.replicator import Replicator, ReplicatorOptions
+from replication.sources import check_revisions, open_source, stream_name
+from replication.verify import verify as verify_tables
+from standby.domain.states import SiteRole
+from standby.ray_runtime import ensure_ray, shutdown_ray
+from standby.store.site import read_control
+
+
+@click.command()
+@click.option("--from", "source_site", required=True, metavar="ID", help="the primary site to copy from")
+@click.option("--to", "target_site", required=True, metavar="ID", help="the standby site to keep equal to it")
+@click.option("--partitions", type=click.IntRange(1, 32), default=2, show_default=True,
+              help="apply workers; a declaration's rows always share one")
+@click.option("--window", type=click.IntRange(1, 100_000), default=5000, show_default=True,
+              help="row changes read per step (a transaction is never split)")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=9464, show_default=True,
+              help="serve /metrics here (0: do not serve)")
+@click.option("--once", is_flag=True, help="catch up with what the primary has now, then exit")
+@pass_cli
+def replicate(cli: CliContext, source_site: str, target_site: str, partitions: int, window: int,
+              metrics_port: int, once: bool) -> None:
+    """Keep TARGET a copy of SOURCE: an initial snapshot, then every committed change in commit order, exactly once.
+
+    Runs until SIGTERM or Ctrl-C (it finishes the window in hand and stops cleanly; the next start resumes from the
+    positions stored with the rows). On PostgreSQL it creates a logical replication slot on the primary: while the
+    slot is not consumed the primary keeps its WAL (see replication_slot_retained_wal_bytes)."""
+    if source_site == target_site:
+        fail("--from and --to must be different sites", 2)
+    primary, standby = open_site_database(cli, source_site), open_site_database(cli, target_site)
+    control = read_control(standby, target_site)
+    if control is None or control.role is not SiteRole.STANDBY:
+        fail(f"site {target_site} is {control.role.value if control else 'not set up'}; replication only writes "
+             f"into a standby (a runbook changes roles)")
+    try:
+        check_revisions(primary, standby)
+    except SchemaMismatch as exc:
+        fail(str(exc))
+    settings, stream = cli.settings, stream_name(source_site, target_site)
+    metrics = ReplicationMetrics(stream)
+    if metrics_port:
+        start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    source = open_source(settings.database_url(source_site), source_site, target_site)
+    started_ray = ensure_ray(settings.ray.address, settings.ray.num_cpus)
+    pool = ApplyPool(settings.database_url(target_site), partitions)
+    pool.start()
+    replicator = Replicator(source, pool, Applier(apply_engine(settings.database_url(target_site))),
+                            ReplicatorOptions(stream, partitions, window), metrics,
+                            heartbeat=lambda now: write_heartbeat(primary, source_site, now))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        if replicator.start(progress=_snapshot_progress()):
+            click.echo(f"\nsnapshot copied; streaming from position {replicator.applied_position}")
+        else:
+            click.echo(f"resuming stream {stream} from position {replicator.applied_position}")
+        if once:
+            while replicator.step():
+                pass
+        else:
+            _report_while(replicator, metrics, stop)
+            replicator.run(stop)
+        click.echo(f"stopped at position {replicator.applied_position} "
+                   f"({int(metrics.changes_applied._value.get()):,} changes applied this run)")
+    except PermanentApplyError as exc:
+        fail(f"replication stopped: {exc}. Nothing after it was applied; fix the cause and restart.")
+    except ReplicationError as exc:
+        fail(f"replication stopped: {exc}")
+    finally:
+        stop.set()
+        pool.stop()
+        source.close()
+        if started_ray:
+            shutdown_ray()
+
+
+def _snapshot_progress():
+    last = {"at": 0.0}
+
+    def show(table: str, rows: int) -> None:
+        if time.monotonic() - last["at"] > 0.5:
+            click.echo(f"\r  snapshot: {table} {rows:,} rows", nl=False)
+            last["at"] = time.monotonic()
+    return show
+
+
+def _report_while(replicator: Replicator, metrics: ReplicationMetrics, stop: threading.Event) -> None:
+    def loop() -> None:
+        while not stop.wait(5.0):
+            click.echo(f"position {replicator.applied_position:,}; lag {metrics.lag_seconds._value.get():.2f} s, "
+                       f"{int(metrics.lag_positions._value.get()):,} changes; "
+                       f"{int(metrics.changes_applied._value.get()):,} applied")
+    threading.Thread(target=loop, name="replication-report", daemon=True).start()
+
+
+@click.command()
+@click.argument("primary_site", metavar="A")
+@click.argument("standby_site", metavar="B")
+@click.option("--chunk-rows", type=click.IntRange(1, 10_000_000), default=10_000, show_default=True)
+@click.option("--table", "tables", multiple=True, help="only these tables (default: every replicated table)")
+@pass_cli
+def verify(cli: CliContext, primary_site: str, standby_site: str, chunk_rows: int, tables: tuple[str, ...]) -> None:
+    """Compare A and B table by table in key-range chunks (count and hash per chunk in the database, then only the
+    differing chunks row by row) and name every differing key. Exit 1 if anything differs."""
+    primary = open_site_database(cli, primary_site, writer=False)
+    standby = open_site_database(cli, standby_site, writer=False)
+    kwargs = {"tables": tables} if tables else {}
+    try:
+        report = verify_tables(primary, standby, chunk_rows=chunk_rows, progress=_verify_progress(), **kwargs)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    click.echo()
+    for line in report.summary():
+        click.echo(line)
+    raise SystemExit(0 if report.ok else 1)
+
+
+def _verify_progress():
+    def show(table: str, done: int, total: int) -> None:
+        click.echo(f"\r  {table}: chunk {done}/{total}   ", nl=False)
+    return show
