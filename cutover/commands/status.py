@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import click
 import httpx
@@ -11,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from cutover.context import CliContext, pass_cli
 from standby.store.engine import make_engine
 from standby.store.migrate import current_revision
-from standby.store.schema import declarations, enterprises
+from standby.store.schema import declarations, enterprises, replication_state
 from standby.store.site import read_control
 
 
@@ -36,9 +37,25 @@ def status(cli: CliContext, site_ids: tuple[str, ...], as_json: bool) -> None:
         click.echo(f"site {r['site']}: {r['role']}, epoch {r['epoch']}, intake {r['intake_state']}, "
                    f"schema {r['schema']}; API {r['api']}")
         click.echo(f"  enterprises {r['enterprises']:,}; declarations: {states}")
+        for st in r["replication"]:
+            lag = f"{st['heartbeat_lag_s']:.1f} s behind the primary's last heartbeat" \
+                if st["heartbeat_lag_s"] is not None else "no heartbeat applied yet"
+            click.echo(f"  replicating {st['stream']}: position {st['position']:,}, {st['changes']:,} changes "
+                       f"applied, {lag}, last apply {st['applied_ago_s']:.1f} s ago")
     primaries = [r["site"] for r in rows if r.get("role") == "primary"]
     if len(primaries) > 1:
         click.secho(f"WARNING: more than one site claims primary: {', '.join(primaries)}", fg="red")
+
+
+def _streams(conn) -> list[dict]:
+    """The streams this site applies (as a standby), from the positions stored with the rows."""
+    now = time.time()
+    rows = conn.execute(select(replication_state.c.stream, func.min(replication_state.c.position),
+                               func.sum(replication_state.c.changes), func.max(replication_state.c.heartbeat_at),
+                               func.max(replication_state.c.applied_at))
+                        .group_by(replication_state.c.stream)).all()
+    return [{"stream": s, "position": p, "changes": int(c or 0),
+             "heartbeat_lag_s": (now - hb) if hb else None, "applied_ago_s": now - at} for s, p, c, hb, at in rows]
 
 
 def _site_status(settings, site_id: str) -> dict:
@@ -52,6 +69,7 @@ def _site_status(settings, site_id: str) -> dict:
         with engine.connect() as conn:
             by_state = dict(conn.execute(select(declarations.c.state, func.count()).group_by(declarations.c.state)).all())
             n_ent = conn.execute(select(func.count()).select_from(enterprises)).scalar()
+            streams = _streams(conn)
         schema = current_revision(engine)
     except OperationalError as exc:
         return {"site": site_id, "error": f"database unreachable: {exc.orig}"}
@@ -65,4 +83,4 @@ def _site_status(settings, site_id: str) -> dict:
         api = "not running"
     return {"site": site_id, "role": control.role.value, "epoch": control.epoch,
             "intake_state": control.intake_state.value, "primary_site": control.primary_site, "schema": schema,
-            "enterprises": n_ent, "declarations_by_state": by_state, "api": api}
+            "enterprises": n_ent, "declarations_by_state": by_state, "api": api, "replication": streams}
