@@ -50,6 +50,7 @@ class Applier:
         self.engine, self.clock = engine, clock
         self._dialect = sqlite if is_sqlite(engine) else postgresql
         self._coercers = {name: _coercer(t) for name, t in metadata.tables.items()}
+        self._statements: dict[tuple[str, bool], tuple[str, list[str]]] = {}
 
     def positions(self, stream: str) -> dict[int, int]:
         with self.engine.connect() as conn:
@@ -79,14 +80,20 @@ class Applier:
             now = self.clock()
             position = max(upto, stored or 0)
             self._store_position(conn, stream, part, position, len(fresh), heartbeat, now, stored is None)
-            if is_sqlite(self.engine):
-                # The standby's own triggers captured what we just wrote; it is the primary's history, not ours.
-                conn.execute(text("DELETE FROM change_log WHERE txid = (SELECT txid FROM capture_txn WHERE id = 1)"))
+            self._capture(conn, on=True)
         return ApplyResult(part, position, len(fresh), heartbeat, newest, now)
 
     def _replica_session(self, conn) -> None:
         if not is_sqlite(self.engine):
             conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+        else:
+            self._capture(conn, on=False)
+
+    def _capture(self, conn, on: bool) -> None:
+        """SQLite only: what the applier writes is the primary's history, so the standby's capture triggers skip
+        it. Switched off and on inside the applier's own transaction, so no other connection ever sees it off."""
+        if is_sqlite(self.engine):
+            conn.execute(text("UPDATE capture_txn SET capture = :on WHERE id = 1"), {"on": int(on)})
 
     def _store_position(self, conn, stream, part, position, count, heartbeat, now, new: bool) -> None:
         values = {"position": position, "applied_at": now}
@@ -101,15 +108,35 @@ class Applier:
                          .values(changes=replication_state.c.changes + count, **values))
 
     def _execute(self, conn, group: list[Change]) -> None:
+        """One executemany of precompiled SQL per run. Streamed values are JSON-ready (str for numeric and dates),
+        which both drivers bind as the column needs, so the hot path skips SQLAlchemy's per-row work."""
         table = metadata.tables[group[0].table]
-        coerce = self._coercers[table.name]
         if group[0].op is ChangeOp.DELETE:
-            pk = list(table.primary_key.columns)
-            for change in group:
-                key = coerce(change.key)
-                conn.execute(delete(table).where(*(c == key[c.name] for c in pk)))
+            sql, names = self._sql(table, delete=True)
+            conn.exec_driver_sql(sql, [tuple(c.key[n] for n in names) for c in group])
             return
-        conn.execute(self._upsert(table), [coerce(c.row) for c in group])
+        sql, names = self._sql(table, delete=False)
+        conn.exec_driver_sql(sql, [tuple(c.row.get(n) for n in names) for c in group])
+
+    def _sql(self, table: Table, delete: bool) -> tuple[str, list[str]]:
+        key = (table.name, delete)
+        if key not in self._statements:
+            mark = "?" if is_sqlite(self.engine) else "%s"
+            quote = self.engine.dialect.identifier_preparer.quote
+            pk = [c.name for c in table.primary_key.columns]
+            if delete:
+                where = " AND ".join(f"{quote(n)} = {mark}" for n in pk)
+                self._statements[key] = (f"DELETE FROM {quote(table.name)} WHERE {where}", pk)
+            else:
+                names = [c.name for c in table.columns]
+                others = [n for n in names if n not in pk]
+                action = ("DO UPDATE SET " + ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in others)
+                          if others else "DO NOTHING")
+                self._statements[key] = (
+                    f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in names)}) "
+                    f"VALUES ({', '.join([mark] * len(names))}) ON CONFLICT ({', '.join(quote(n) for n in pk)}) "
+                    f"{action}", names)
+        return self._statements[key]
 
     def _upsert(self, table: Table):
         stmt = self._dialect.insert(table)
@@ -159,8 +186,7 @@ class Applier:
             conn.execute(replication_state.insert(), [
                 {"stream": stream, "part": p, "position": position, "changes": 0, "heartbeat_at": None,
                  "applied_at": now} for p in range(parts)])
-            if is_sqlite(self.engine):
-                conn.execute(text("DELETE FROM change_log WHERE txid = (SELECT txid FROM capture_txn WHERE id = 1)"))
+            self._capture(conn, on=True)
         return total
 
 

@@ -15,4 +15,8 @@ def write_heartbeat(engine: Engine, source: str, now: float) -> None:
     stmt = stmt.on_conflict_do_update(index_elements=["source"],
                                       set_={"at": now, "counter": replication_heartbeat.c.counter + 1})
     with engine.begin() as conn:
+        if not is_sqlite(engine):
+            # Logical decoding sees only WAL flushed to disk; a synchronous commit makes the beat (and every commit
+            # before it) visible to the stream at once, even where synchronous_commit is off.
+            conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
         conn.execute(stmt)

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from datetime import date, datetime
 from datetime import time as dtime
 from decimal import Decimal
+from typing import Self
 
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
@@ -63,7 +64,8 @@ def int_to_lsn(position: int) -> str:
 class PgChangeSource:
     """The ChangeSource contract (replication.changes) over a wal2json logical replication slot named `slot` in the
     database at `url`. The slot is created by `create_slot` or `snapshot` and dropped by `drop_slot`, never
-    implicitly. Transient database errors raise SourceUnavailable; anything else propagates."""
+    implicitly. Transient database errors raise SourceUnavailable; anything else propagates. Not thread-safe:
+    one reader per source."""
 
     def __init__(self, url: str, slot: str, tables: tuple[str, ...] = REPLICATED_TABLES, *, schema: str = "public"):
         if not SLOT_NAME.fullmatch(slot):
@@ -93,15 +95,11 @@ class PgChangeSource:
                     lsn = conn.execute(text("SELECT lsn::text FROM pg_create_logical_replication_slot("
                                             "CAST(:slot AS name), :plugin)"), {"slot": self.slot, "plugin": PLUGIN})
                     return lsn_to_int(lsn.scalar_one())
-                except DBAPIError as exc:
-                    state = _sqlstate(exc)
-                    if state == "58P01":
-                        raise ReplicationError(f"logical decoding plugin {PLUGIN} is not installed on {self.where} "
-                                               f"(apt-get install postgresql-<version>-wal2json)") from exc
-                    if state == "55000":
-                        raise ReplicationError(f"cannot create slot {self.slot!r} on {self.where}: {exc.orig} "
-                                               f"(logical decoding needs wal_level=logical)") from exc
-                    if state != "42710":  # 42710: created concurrently; report it like an existing one
+                except DBAPIError as exc:  # 58P01: no plugin; 55000: wal_level; 42710: created meanwhile
+                    if _sqlstate(exc) in ("58P01", "55000"):
+                        raise ReplicationError(f"cannot create slot {self.slot!r} on {self.where}: {exc.orig} (needs "
+                                               f"wal_level=logical and postgresql-<version>-wal2json)") from exc
+                    if _sqlstate(exc) != "42710":
                         raise
                     row = conn.execute(text(SLOT), {"slot": self.slot}).first()
             if not exists_ok:
@@ -125,7 +123,10 @@ class PgChangeSource:
         It falls after `acknowledge` once PostgreSQL has moved the restart LSN (it does so at running-transaction
         records, logged at least every checkpoint and every 15 s by the background writer when busy)."""
         with self._guard("measure retained WAL"), self._auto.connect() as conn:
-            return int(self._slot(conn).retained)
+            retained = self._slot(conn).retained
+        if retained is None:  # restart_lsn gone: the slot exceeded max_slot_wal_keep_size and was invalidated
+            raise ReplicationError(f"replication slot {self.slot!r} was invalidated; drop it and take a snapshot")
+        return int(retained)
 
     def heartbeat(self, source_id: str, at: float | None = None) -> int:
         """Upsert this source's row of replication_heartbeat (at = now, counter + 1) and return the counter. The
@@ -143,9 +144,10 @@ class PgChangeSource:
 
     def read(self, after: int, limit: int) -> list[Change]:
         """Whole committed transactions with position > `after`, in commit order, until at least `limit` changes
-        (a transaction is never split, so the answer can exceed `limit`); [] when there is nothing newer. Only
-        peeks: the same arguments give the same changes until `acknowledge`. A slot already moved past `after`
-        (0 < after < its position) means changes the caller never got were freed: ReplicationError."""
+        (a transaction is never split, so the answer can exceed `limit`); fewer than `limit` only when every
+        flushed commit was decoded, [] when there is nothing newer. Only peeks: the same arguments give the same
+        changes until `acknowledge`. A slot already moved past `after` (0 < after < its position) means changes
+        the caller never got were freed: ReplicationError."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self._ceiling = max(self._ceiling, after)
@@ -163,11 +165,11 @@ class PgChangeSource:
                     changes.extend(txn)
                     if len(changes) >= limit:
                         break
-            if changes or len(rows) < budget:  # something to hand over, or the whole WAL was decoded
+            if len(changes) >= limit or len(rows) < budget:  # a full window, or all flushed WAL decoded
                 if changes:
                     self._ceiling = max(self._ceiling, changes[-1].position)
                 return changes
-            budget *= 4  # only transactions up to `after` or without replicated rows so far: decode further
+            budget *= 4  # skipped (<= after) or empty transactions filled the budget: decode further
 
     def acknowledge(self, position: int) -> None:
         """Advance the slot to `position` (a commit position from `read`, or the snapshot's start): WAL up to it may
@@ -235,7 +237,7 @@ class PgChangeSource:
             self._end_snapshot(conn)
         self.engine.dispose()
 
-    def __enter__(self) -> PgChangeSource:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -63,6 +63,7 @@ class Replicator:
         self.source, self.pool, self.applier, self.o, self.metrics = source, pool, applier, options, metrics
         self.heartbeat, self.clock, self.sleep = heartbeat, clock, sleep
         self.positions: dict[int, int] = {}
+        self.delays: list[float] | None = None  # set to a list to keep every change's commit-to-apply delay
         self._last_heartbeat = float("-inf")
         self._newest_commit_at: float | None = None
 
@@ -104,7 +105,10 @@ class Replicator:
         now = self.clock()
         for change in changes:
             if change.committed_at:
-                self.metrics.apply_delay.observe(max(0.0, now - change.committed_at))
+                delay = max(0.0, now - change.committed_at)
+                self.metrics.apply_delay.observe(delay)
+                if self.delays is not None:
+                    self.delays.append(delay)
         self._newest_commit_at = max((c.committed_at for c in changes if c.committed_at),
                                      default=self._newest_commit_at)
         self.metrics.changes_applied.inc(applied)

@@ -11,8 +11,9 @@ rechecks=3) -> VerifyReport`:
   window over the key columns only). Chunks are key ranges (-inf, k1), [k1, k2), ..., [kn, +inf), so rows the
   standby holds beyond either end of the primary's keys still fall in a chunk. Re-checks reuse the boundaries.
 - For each chunk both sides compute count(*) and a digest of the chunk's rows in the database, so no rows cross the
-  wire (the standby's read runs in a helper thread alongside the primary's): PostgreSQL `md5(string_agg(CAST(ROW(<all columns>) AS text), '|' ORDER BY <pk>))`; SQLite a registered
+  wire: PostgreSQL `md5(string_agg(CAST(ROW(<all columns>) AS text), '|' ORDER BY <pk>))`; SQLite a registered
   aggregate (sha256 of each row's typed column values, summed modulo 2**256, so the scan order does not matter).
+  On PostgreSQL the standby's read runs in a helper thread alongside the primary's.
 - A chunk whose (count, digest) differ is compared again after `settle()` (a callable that returns once the standby
   has everything the primary had committed when it was called), up to `rechecks` times. If it still differs (at
   once without `settle`), both sides' rows of that chunk only are fetched and every differing key is named:
@@ -28,7 +29,9 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from sqlalchemy import Connection, Engine, Table, text
 
@@ -74,13 +77,12 @@ class TableReport:
         return not self.differences
 
     def line(self) -> str:
-        n = len(self.differences)
-        out = (f"{self.table}: {self.rows:,} row{'s' * (self.rows != 1)} in {self.chunks:,} chunk{'s' * (self.chunks != 1)}, "
-               f"{n:,} difference{'s' * (n != 1)}")
+        out = (f"{self.table}: {_count(self.rows, 'row')} in {_count(self.chunks, 'chunk')}, "
+               f"{_count(len(self.differences), 'difference')}")
         if self.standby_rows != self.rows:
             out += f" (standby has {self.standby_rows:,} rows)"
         if self.rechecks:
-            out += f", {self.rechecks} re-check{'s' * (self.rechecks != 1)} after settle"
+            out += f", {_count(self.rechecks, 're-check')} after settle"
         return f"{out} [{self.seconds:.2f} s]"
 
 
@@ -122,9 +124,13 @@ class VerifyReport:
                          f"both sides [{self.seconds:.2f} s]")
         else:
             bad = [t.table for t in self.tables if not t.ok]
-            lines.append(f"DIFFERENT: {len(self.differences):,} key{'s' * (len(self.differences) != 1)} differ in {', '.join(bad)} "
+            lines.append(f"DIFFERENT: {_count(len(self.differences), 'differing key')} in {', '.join(bad)} "
                          f"({self.chunks_drilled:,} of {chunks:,} chunks drilled) [{self.seconds:.2f} s]")
         return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"
 
 
 def verify(primary: Engine, standby: Engine, tables: Iterable[str] = VERIFY_TABLES, *, chunk_rows: int = 10_000,
@@ -144,7 +150,10 @@ def verify(primary: Engine, standby: Engine, tables: Iterable[str] = VERIFY_TABL
     if unknown:
         raise ValueError(f"not tables of the site schema: {', '.join(unknown)}")
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-standby") as pool:
+    # PostgreSQL works while we wait, so the standby's read overlaps the primary's; SQLite's digest is Python code
+    # under the GIL, where a second thread only adds contention.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-standby") if dialect == "postgresql" else None
+    with pool or nullcontext():
         reports = [_verify_table(_TableSql(schema.metadata.tables[n], primary), primary, standby, pool, chunk_rows,
                                  progress, settle, rechecks) for n in names]
     return VerifyReport(dialect, reports, time.monotonic() - started)
@@ -170,9 +179,10 @@ class _TableSql:
 
     def boundaries(self, chunk_rows: int) -> tuple[str, dict]:
         """First key of every chunk but the first: rows 1 + chunk_rows, 1 + 2 * chunk_rows, ... in key order."""
-        return (f"SELECT {self.pk_sql} FROM (SELECT {self.pk_sql}, row_number() OVER (ORDER BY {self.pk_sql}) "
-                f"AS verify_rn FROM {self.name}) AS chunk_starts WHERE verify_rn > 1 AND (verify_rn - 1) % :n = 0 "
-                f"ORDER BY verify_rn", {"n": chunk_rows})
+        statement = (f"SELECT {self.pk_sql} FROM (SELECT {self.pk_sql}, row_number() OVER (ORDER BY {self.pk_sql}) "
+                     f"AS verify_rn FROM {self.name}) AS chunk_starts "
+                     f"WHERE verify_rn > 1 AND (verify_rn - 1) % :n = 0 ORDER BY verify_rn")
+        return statement, {"n": chunk_rows}
 
     def where(self, bounds: Bounds) -> tuple[str, dict]:
         parts, params = [], {}
@@ -194,14 +204,14 @@ class _TableSql:
         return f"SELECT {self.columns_sql} FROM {self.name}{where} ORDER BY {self.pk_sql}", params
 
 
-def _verify_table(sql: _TableSql, primary: Engine, standby: Engine, pool: ThreadPoolExecutor, chunk_rows: int,
+def _verify_table(sql: _TableSql, primary: Engine, standby: Engine, pool: ThreadPoolExecutor | None, chunk_rows: int,
                   progress, settle, rechecks: int) -> TableReport:
     started = time.monotonic()
     statement, params = sql.boundaries(chunk_rows)
     with primary.connect() as conn:
         starts = [tuple(r) for r in conn.execute(text(statement), params)]
     edges: list[Key | None] = [None, *starts, None]
-    chunks: list[Bounds] = list(zip(edges[:-1], edges[1:]))
+    chunks: list[Bounds] = list(pairwise(edges))
     report = TableReport(sql.table, chunks=len(chunks))
     if progress:
         progress(sql.table, 0, len(chunks))
@@ -224,8 +234,10 @@ def _verify_table(sql: _TableSql, primary: Engine, standby: Engine, pool: Thread
     return report
 
 
-def _both(pool: ThreadPoolExecutor, read, primary: Engine, standby: Engine, sql: _TableSql, bounds: Bounds):
-    """The same read on both sides at once (the standby's in the pool's thread): half the wait on PostgreSQL."""
+def _both(pool: ThreadPoolExecutor | None, read, primary: Engine, standby: Engine, sql: _TableSql, bounds: Bounds):
+    """The same read on both sides: at once with a pool (the standby's in its thread), else one after the other."""
+    if pool is None:
+        return read(primary, sql, bounds), read(standby, sql, bounds)
     on_standby = pool.submit(read, standby, sql, bounds)
     return read(primary, sql, bounds), on_standby.result()
 

@@ -76,3 +76,60 @@ def _cpus() -> int:
     import os
 
     return os.cpu_count() or 0
+
+
+@bench.command("replication")
+@click.option("--declarations", type=click.IntRange(1000, 10_000_000), default=220_000, show_default=True,
+              help="historical declarations written as the backlog (each is 1 row + its goods lines)")
+@click.option("--partitions", type=click.IntRange(1, 32), default=2, show_default=True)
+@click.option("--window", type=click.IntRange(100, 100_000), default=5000, show_default=True)
+@click.option("--lag-seconds", type=click.FloatRange(0, 3600), default=30, show_default=True,
+              help="how long intake runs at --lag-multiplier x design while lag is measured (0: skip)")
+@click.option("--lag-multiplier", type=click.FloatRange(0.1, 1000), default=3, show_default=True)
+@click.option("--enterprises", "enterprises_count", type=click.IntRange(1000, 10_000_000), default=106_000,
+              show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="write the results as JSON here")
+@pass_cli
+def replication(cli: CliContext, declarations: int, partitions: int, window: int, lag_seconds: float,
+                lag_multiplier: float, enterprises_count: int, out: Path | None) -> None:
+    """Catch-up apply rate (row changes/s) from a backlog of over a million row changes, SQLite → SQLite, and the
+    replication delay p50/p99 while intake runs at 3x design. Uses its own databases under var/bench/replication."""
+    from cutover.bench_replication import (catch_up, close, lag_under_intake, make_backlog, percentile, set_up,
+                                           sqlite_pair)
+    from standby.domain.risk import load_risk_rules
+    from standby.domain.tariff import load_tariff
+    from standby.ray_runtime import ensure_ray
+    from standby.reference.orgdata import load_org_data
+
+    settings = cli.settings
+    capacity = load_capacity(settings.path(settings.reference.capacity))
+    org = load_org_data(settings.path(settings.reference.org_dir))
+    tariff, rules = (load_tariff(settings.path(settings.reference.tariffs)),
+                     load_risk_rules(settings.path(settings.reference.risk_rules)))
+    ensure_ray(settings.ray.address, settings.ray.num_cpus)
+    results: dict = {"run": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             "machine": f"{platform.node()} {platform.machine()} {_cpus()} cores",
+                             "declarations": declarations, "partitions": partitions, "window": window}}
+    pair = sqlite_pair(settings.path(settings.data_dir) / "bench" / "replication", org, tariff, rules)
+    try:
+        click.echo("- SQLite → SQLite: seeding the primary and snapshotting the standby …")
+        set_up(pair, enterprises_count, partitions, window)
+        changes = make_backlog(pair, declarations, click.echo)
+        seconds = catch_up(pair, click.echo)
+        rate = changes / seconds
+        click.echo(f"  caught up {changes:,} row changes in {seconds:.1f} s: {rate:,.0f} row changes/s")
+        results["sqlite"] = {"backlog_row_changes": changes, "catch_up_seconds": round(seconds, 2),
+                             "row_changes_per_s": round(rate)}
+        if lag_seconds:
+            click.echo(f"- lag while intake runs at {lag_multiplier:g}x design for {lag_seconds:g} s …")
+            delays = lag_under_intake(pair, capacity, lag_multiplier, lag_seconds)
+            lag = {f"p{p}_ms": round(percentile(delays, p) * 1000, 1) for p in (50, 95, 99)}
+            lag["changes"] = len(delays)
+            click.echo(f"  commit-to-apply delay over {len(delays):,} row changes: p50 {lag['p50_ms']} ms, "
+                       f"p95 {lag['p95_ms']} ms, p99 {lag['p99_ms']} ms")
+            results["sqlite"]["lag_at_multiplier"] = {"multiplier": lag_multiplier, **lag}
+    finally:
+        close(pair)
+    click.echo(json.dumps(results, indent=2))
+    if out:
+        out.write_text(json.dumps(results, indent=2))

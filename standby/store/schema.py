@@ -253,6 +253,7 @@ capture_txn = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("txid", BigInteger, nullable=False),
+    Column("capture", Integer, nullable=False),
 )  # one row; every write transaction of a writer engine bumps it first, so the triggers can stamp a transaction id
 
 replication_heartbeat = Table(

@@ -70,9 +70,10 @@ def upgrade() -> None:
     op.create_table('capture_txn',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('txid', sa.BigInteger(), nullable=False),
+    sa.Column('capture', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_capture_txn'))
     )
-    op.execute("INSERT INTO capture_txn (id, txid) VALUES (1, 0)")
+    op.execute("INSERT INTO capture_txn (id, txid, capture) VALUES (1, 0, 1)")
     # ### end Alembic commands ###
     if op.get_bind().dialect.name == "sqlite":
         for table, (pk, columns, reals) in CAPTURED.items():
@@ -92,16 +93,19 @@ def capture_triggers(table: str, pk: tuple, columns: tuple, reals: tuple = ()) -
         return "json_object(" + ", ".join(f"'{c}', {value(ref, c)}" for c in names) + ")"
     now = "(julianday('now') - 2440587.5) * 86400.0"
     txid = "(SELECT txid FROM capture_txn WHERE id = 1)"
+    # The standby's applier switches capture off inside its own transactions: what it writes is the primary's
+    # history, not the standby's, and no other connection can see the switch.
+    when = "WHEN (SELECT capture FROM capture_txn WHERE id = 1) = 1"
     log = "INSERT INTO change_log (table_name, op, pk, row, at, txid) VALUES"
     key_changed = " OR ".join(f'OLD."{c}" IS NOT NEW."{c}"' for c in pk)
     return [
-        f"CREATE TRIGGER capture_{table}_insert AFTER INSERT ON \"{table}\" BEGIN "
+        f"CREATE TRIGGER capture_{table}_insert AFTER INSERT ON \"{table}\" {when} BEGIN "
         f"{log} ('{table}', 'insert', {obj('NEW', pk)}, {obj('NEW', columns)}, {now}, {txid}); END",
-        f"CREATE TRIGGER capture_{table}_update AFTER UPDATE ON \"{table}\" BEGIN "
+        f"CREATE TRIGGER capture_{table}_update AFTER UPDATE ON \"{table}\" {when} BEGIN "
         f"INSERT INTO change_log (table_name, op, pk, row, at, txid) "
         f"SELECT '{table}', 'delete', {obj('OLD', pk)}, NULL, {now}, {txid} WHERE {key_changed}; "
         f"{log} ('{table}', 'update', {obj('NEW', pk)}, {obj('NEW', columns)}, {now}, {txid}); END",
-        f"CREATE TRIGGER capture_{table}_delete AFTER DELETE ON \"{table}\" BEGIN "
+        f"CREATE TRIGGER capture_{table}_delete AFTER DELETE ON \"{table}\" {when} BEGIN "
         f"{log} ('{table}', 'delete', {obj('OLD', pk)}, NULL, {now}, {txid}); END",
     ]
 

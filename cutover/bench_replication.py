@@ -1,0 +1,149 @@
+"""standbyctl bench replication: catch-up apply rate from a backlog, and lag while intake runs at 3x design."""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from loadtests.capacity import DesignCapacity
+from replication.apply import Applier, apply_engine
+from replication.heartbeat import write_heartbeat
+from replication.metrics import ReplicationMetrics
+from replication.ray_runtime import ApplyPool
+from replication.replicator import Replicator, ReplicatorOptions
+from replication.sources import open_source
+from standby.clearance.commands import Command, Op, Principal, Role
+from standby.clearance.pipeline import ClearancePipeline
+from standby.domain.risk import RiskRules
+from standby.domain.states import Kind, SiteRole
+from standby.domain.tariff import Tariff
+from standby.reference.orgdata import OrgData
+from standby.store.engine import make_engine
+from standby.store.migrate import upgrade
+from standby.store.schema import enterprises
+from standby.store.seed import seed
+from standby.store.site import init_site
+from standby.synthetic import make_declaration_payload
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Pair:
+    primary_url: str
+    standby_url: str
+    org: OrgData
+    tariff: Tariff
+    rules: RiskRules
+    replicator: Replicator | None = None
+    pool: ApplyPool | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def set_up(pair: Pair, enterprises_count: int, partitions: int, window: int) -> Replicator:
+    """Both sites at the newest schema, the primary seeded, the standby snapshotted from it (so what follows is
+    streamed, not copied)."""
+    for url, site, role in ((pair.primary_url, "A", SiteRole.PRIMARY), (pair.standby_url, "B", SiteRole.STANDBY)):
+        upgrade(url)
+        init_site(make_engine(url), site, role, primary_site="A")
+    seed(make_engine(pair.primary_url), pair.org, enterprises_count=enterprises_count)
+    source = open_source(pair.primary_url, "A", "B")
+    pair.pool = ApplyPool(pair.standby_url, partitions)
+    pair.pool.start()
+    primary = make_engine(pair.primary_url)
+    pair.replicator = Replicator(source, pair.pool, Applier(apply_engine(pair.standby_url)),
+                                 ReplicatorOptions("A-to-B", partitions, window), ReplicationMetrics("A-to-B"),
+                                 heartbeat=lambda now: write_heartbeat(primary, "A", now))
+    pair.replicator.start()
+    pair.replicator.source.acknowledge(pair.replicator.applied_position)
+    return pair.replicator
+
+
+def make_backlog(pair: Pair, declarations: int, log: Log) -> int:
+    """Historical declarations written on the primary while the stream is stopped: each is a declaration row plus its
+    goods lines, every one a captured row change. Returns the row changes in the backlog."""
+    before = pair.replicator.source.head()
+    started = time.perf_counter()
+    seed(make_engine(pair.primary_url), pair.org, declarations_count=declarations, tariff=pair.tariff,
+         rules=pair.rules, rng_seed=7)
+    changes = pair.replicator.source.head() - before
+    log(f"  backlog: {declarations:,} declarations = {changes:,} row changes written in "
+        f"{time.perf_counter() - started:.1f} s")
+    return changes
+
+
+def catch_up(pair: Pair, log: Log) -> float:
+    """Apply the whole backlog; returns seconds."""
+    replicator, target = pair.replicator, pair.replicator.source.head()
+    started, last = time.perf_counter(), time.perf_counter()
+    while replicator.applied_position < target:
+        replicator.step()
+        if time.perf_counter() - last > 5:
+            log(f"    applied up to {replicator.applied_position:,} of {target:,}")
+            last = time.perf_counter()
+    return time.perf_counter() - started
+
+
+def lag_under_intake(pair: Pair, capacity: DesignCapacity, multiplier: float, seconds: float) -> list[float]:
+    """Run intake at `multiplier` x design (pre-declare, register, pay each declaration) while the replicator
+    streams; return every row change's commit-to-apply delay."""
+    engine = make_engine(pair.primary_url)
+    with engine.connect() as conn:
+        tax_codes = list(conn.execute(select(enterprises.c.tax_code).where(
+            enterprises.c.status == "active", enterprises.c.tax_debt_days <= 90).limit(2000)).scalars())
+    pipeline = ClearancePipeline(engine, "A", 1, pair.tariff, pair.rules)
+    operator, rng = Principal(Role.OPERATOR, "bench"), random.Random(3)
+    offices = [o.code for o in pair.org.offices]
+    stop = threading.Event()
+    pair.replicator.delays = []
+    runner = threading.Thread(target=pair.replicator.run, args=(stop,), daemon=True)
+    runner.start()
+    interval, t0, n = 1.0 / capacity.declarations_per_s(multiplier), time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        office = rng.choice(offices)
+        payload = make_declaration_payload(rng, Kind.IMPORT, rng.choice(tax_codes), office, pair.tariff)
+        made = pipeline.process([Command(Op.PRE_DECLARE, operator, f"lag-p-{n}", payload, office)])[0]
+        if made.ok:
+            reg = pipeline.process([Command(Op.REGISTER, operator, f"lag-r-{n}", {"number": made.body["number"]},
+                                            office)])[0]
+            if reg.ok and reg.body["state"] == "awaiting_payment":
+                pipeline.process([Command(Op.PAY, operator, f"lag-$-{n}", {"number": reg.body["number"],
+                                                                           "amount_vnd": reg.body["total_vnd"]},
+                                          office)])
+        n += 1
+        time.sleep(max(0.0, t0 + n * interval - time.perf_counter()))
+    time.sleep(1.0)
+    stop.set()
+    runner.join(timeout=60)
+    return pair.replicator.delays
+
+
+def percentile(values: list[float], p: float) -> float:
+    data = sorted(values)
+    return data[min(len(data) - 1, int(p / 100 * len(data)))] if data else float("nan")
+
+
+def count_rows(url: str, table) -> int:
+    engine = make_engine(url, writer=False)
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar()
+
+
+def close(pair: Pair) -> None:
+    if pair.pool:
+        pair.pool.stop()
+    if pair.replicator:
+        pair.replicator.source.close()
+
+
+def sqlite_pair(workdir: Path, org, tariff, rules) -> Pair:
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("a.db", "b.db"):
+        for suffix in ("", "-wal", "-shm"):
+            (workdir / f"{name}{suffix}").unlink(missing_ok=True)
+    return Pair(f"sqlite:///{workdir / 'a.db'}", f"sqlite:///{workdir / 'b.db'}", org, tariff, rules)
