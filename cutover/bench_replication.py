@@ -25,7 +25,7 @@ from standby.domain.tariff import Tariff
 from standby.reference.orgdata import OrgData
 from standby.store.engine import make_engine
 from standby.store.migrate import upgrade
-from standby.store.schema import enterprises
+from standby.store.schema import declarations, enterprises, goods_lines
 from standby.store.seed import seed
 from standby.store.site import init_site
 from standby.synthetic import make_declaration_payload
@@ -67,14 +67,19 @@ def set_up(pair: Pair, enterprises_count: int, partitions: int, window: int) -> 
 def make_backlog(pair: Pair, declarations: int, log: Log) -> int:
     """Historical declarations written on the primary while the stream is stopped: each is a declaration row plus its
     goods lines, every one a captured row change. Returns the row changes in the backlog."""
-    before = pair.replicator.source.head()
+    before = backlog_rows(pair.primary_url)
     started = time.perf_counter()
     seed(make_engine(pair.primary_url), pair.org, declarations_count=declarations, tariff=pair.tariff,
          rules=pair.rules, rng_seed=7)
-    changes = pair.replicator.source.head() - before
+    changes = backlog_rows(pair.primary_url) - before + 1  # + the number block's one update
     log(f"  backlog: {declarations:,} declarations = {changes:,} row changes written in "
         f"{time.perf_counter() - started:.1f} s")
     return changes
+
+
+def backlog_rows(url: str) -> int:
+    """Rows the backlog writes: declarations and their goods lines (positions are not counts on PostgreSQL)."""
+    return count_rows(url, declarations) + count_rows(url, goods_lines)
 
 
 def catch_up(pair: Pair, log: Log) -> float:
@@ -130,8 +135,11 @@ def percentile(values: list[float], p: float) -> float:
 
 def count_rows(url: str, table) -> int:
     engine = make_engine(url, writer=False)
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(table)).scalar()
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(table)).scalar()
+    finally:
+        engine.dispose()
 
 
 def close(pair: Pair) -> None:
@@ -147,3 +155,54 @@ def sqlite_pair(workdir: Path, org, tariff, rules) -> Pair:
         for suffix in ("", "-wal", "-shm"):
             (workdir / f"{name}{suffix}").unlink(missing_ok=True)
     return Pair(f"sqlite:///{workdir / 'a.db'}", f"sqlite:///{workdir / 'b.db'}", org, tariff, rules)
+
+
+# --- PostgreSQL: our replicator beside PostgreSQL's native logical replication, on the same workload -----------------
+
+def pg_clusters(log: Log):
+    """Two throwaway clusters (primary with wal_level=logical, standby), the settings the tests use."""
+    from cutover.pg_cluster import PgCluster
+
+    clusters = [PgCluster(name=n).start() for n in ("bench-primary", "bench-standby")]
+    log(f"  clusters on ports {clusters[0].port} and {clusters[1].port}")
+    return clusters
+
+
+def native_catch_up(primary_cluster, standby_cluster, org, tariff, rules, enterprises_count: int, declarations: int,
+                    log: Log) -> dict:
+    """PostgreSQL's own publication/subscription: initial copy, then the same backlog as ours, timed until the
+    subscription's slot has confirmed everything the backlog wrote."""
+    from replication.changes import REPLICATED_TABLES
+
+    primary_cluster.create_database("native_a")
+    standby_cluster.create_database("native_b")
+    a, b = primary_cluster.url("native_a"), standby_cluster.url("native_b")
+    for url, site, role in ((a, "A", SiteRole.PRIMARY), (b, "B", SiteRole.STANDBY)):
+        upgrade(url)
+        init_site(make_engine(url), site, role, primary_site="A")
+    seed(make_engine(a), org, enterprises_count=enterprises_count)
+    tables = ", ".join(REPLICATED_TABLES)
+    primary_cluster.execute(f"CREATE PUBLICATION bench_pub FOR TABLE {tables}", dbname="native_a")
+    standby_cluster.execute(f"CREATE SUBSCRIPTION bench_sub CONNECTION '{primary_cluster.dsn('native_a')}' "
+                            "PUBLICATION bench_pub WITH (copy_data = true)", dbname="native_b")
+    _wait(lambda: not standby_cluster.execute(
+        "SELECT 1 FROM pg_subscription_rel WHERE srsubstate <> 'r'", dbname="native_b"), 600, "initial copy")
+    standby_cluster.execute("ALTER SUBSCRIPTION bench_sub DISABLE", dbname="native_b")
+    seed(make_engine(a), org, declarations_count=declarations, tariff=tariff, rules=rules, rng_seed=7)
+    target = primary_cluster.execute("SELECT pg_current_wal_lsn()", dbname="native_a")[0][0]
+    started = time.perf_counter()
+    standby_cluster.execute("ALTER SUBSCRIPTION bench_sub ENABLE", dbname="native_b")
+    _wait(lambda: primary_cluster.execute(
+        "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = 'bench_sub'",
+        (target,), dbname="native_a")[0][0], 3600, "native catch-up")
+    seconds = time.perf_counter() - started
+    standby_cluster.execute("DROP SUBSCRIPTION bench_sub", dbname="native_b")
+    return {"catch_up_seconds": round(seconds, 2)}
+
+
+def _wait(done: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not finish within {timeout_s:.0f} s")
+        time.sleep(0.1)

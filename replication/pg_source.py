@@ -14,6 +14,7 @@ before it too.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -24,13 +25,14 @@ from datetime import time as dtime
 from decimal import Decimal
 from typing import Self
 
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, Float, Numeric, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from replication.changes import REPLICATED_TABLES, Change, ChangeOp, SnapshotTable
 from replication.errors import ReplicationError, SourceUnavailable
 from standby.store.engine import make_engine
+from standby.store.schema import metadata as schema_metadata
 
 PLUGIN = "wal2json"
 # Serialization failure, deadlock, admin/crash shutdown, cannot connect now, too many connections, slot in use.
@@ -42,7 +44,7 @@ SLOT = ("SELECT plugin, database, confirmed_flush_lsn::text AS confirmed, "
         "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) AS retained FROM pg_replication_slots "
         "WHERE slot_name = CAST(:slot AS name)")
 PEEK = ("SELECT lsn::text, data FROM pg_logical_slot_peek_changes(CAST(:slot AS name), NULL, CAST(:n AS integer), "
-        "'format-version', '2', 'include-xids', '1', 'include-timestamp', '1', 'include-pk', '1', "
+        "'format-version', '2', 'include-xids', '1', 'include-timestamp', '1', 'include-pk', '1', 'include-types', '0', "
         "'add-tables', CAST(:tables AS text))")
 PRIMARY_KEYS = ("SELECT c.relname::text, a.attname::text FROM pg_index i "
                 "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -304,33 +306,43 @@ def _row_changes(msg: dict) -> list[tuple[ChangeOp, dict, dict | None]]:
     """One wal2json I/U/D message as changes. An update that changes the primary key is a delete of the old key
     and an insert of the new one (as the SQLite change capture logs it)."""
     pk = [p["name"] for p in msg.get("pk", ())]
-    identity = {c["name"]: _value(c["type"], c["value"]) for c in msg.get("identity", ())}
-    old_key = {n: identity[n] for n in pk} if pk and all(n in identity for n in pk) else identity
-    if msg["action"] == "D":
-        return [(ChangeOp.DELETE, old_key, None)]
-    row = {c["name"]: _value(c["type"], c["value"]) for c in msg["columns"]}
+    action = msg["action"]
+    convert = _table_converters(msg["table"])
+    if action != "I":  # inserts carry no old identity
+        identity = {c["name"]: _converted(c, convert) for c in msg.get("identity", ())}
+        old_key = {n: identity[n] for n in pk} if pk and all(n in identity for n in pk) else identity
+        if action == "D":
+            return [(ChangeOp.DELETE, old_key, None)]
+    row = {c["name"]: _converted(c, convert) for c in msg["columns"]}
     key = {n: row[n] for n in pk}
-    if msg["action"] == "I":
+    if action == "I":
         return [(ChangeOp.INSERT, key, row)]
     if old_key and old_key != key:
         return [(ChangeOp.DELETE, old_key, None), (ChangeOp.INSERT, key, row)]
     return [(ChangeOp.UPDATE, key, row)]
 
 
-def _value(pg_type: str, value):
-    """A wal2json column value as a JSON-ready value equal to what `_json_ready` makes of the same column."""
-    if value is None or isinstance(value, (bool, str)) and not pg_type.startswith("timestamp"):
-        return value
-    if pg_type.startswith("numeric"):
-        return format(Decimal(value), "f")
-    if pg_type in ("double precision", "real") or isinstance(value, Decimal):
-        return float(value)
-    if pg_type.startswith("timestamp"):
-        try:
-            return datetime.fromisoformat(value).isoformat()
-        except ValueError:
-            return value  # infinity, BC dates
-    return value
+def _converted(column: dict, convert: dict):
+    value, to = column["value"], convert.get(column["name"])
+    return value if to is None or value is None else to(value)
+
+
+@functools.lru_cache(maxsize=64)
+def _table_converters(table: str) -> dict:
+    """Per column, how wal2json's JSON value becomes what `_json_ready` gives for the same column, from our own
+    schema (so wal2json need not send type names with every row). Only numbers need it: numeric stays exact as a
+    plain str, double precision becomes a float; text, integers, booleans and dates pass as they come."""
+    out = {}
+    for column in schema_metadata.tables[table].columns:
+        if isinstance(column.type, Float):
+            out[column.name] = float
+        elif isinstance(column.type, Numeric):
+            out[column.name] = _plain_decimal
+    return out
+
+
+def _plain_decimal(value) -> str:
+    return format(Decimal(value), "f")
 
 
 def _json_ready(value):

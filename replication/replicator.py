@@ -65,6 +65,7 @@ class Replicator:
         self.positions: dict[int, int] = {}
         self.delays: list[float] | None = None  # set to a list to keep every change's commit-to-apply delay
         self._last_heartbeat = float("-inf")
+        self._last_slot_check = float("-inf")
         self._newest_commit_at: float | None = None
 
     # -- start ---------------------------------------------------------------------------------------------------
@@ -148,6 +149,10 @@ class Replicator:
         self.metrics.lag_positions.set(max(0, head - applied) if not caught_up else 0)
         if self._newest_commit_at is not None:
             self.metrics.lag_seconds.set(max(0.0, now - self._newest_commit_at))
+        retained = getattr(self.source, "retained_wal_bytes", None)
+        if retained and now - self._last_slot_check >= 5.0:  # PostgreSQL: what the slot makes the primary keep
+            self.metrics.retained_bytes.set(retained())
+            self._last_slot_check = now
 
     @property
     def applied_position(self) -> int:

@@ -88,14 +88,18 @@ def _cpus() -> int:
 @click.option("--lag-multiplier", type=click.FloatRange(0.1, 1000), default=3, show_default=True)
 @click.option("--enterprises", "enterprises_count", type=click.IntRange(1000, 10_000_000), default=106_000,
               show_default=True)
+@click.option("--backends", default="sqlite,postgres", show_default=True,
+              help="'sqlite' (SQLite → SQLite) and/or 'postgres' (two throwaway clusters; also runs PostgreSQL's "
+                   "native logical replication on the same workload)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write the results as JSON here")
 @pass_cli
 def replication(cli: CliContext, declarations: int, partitions: int, window: int, lag_seconds: float,
-                lag_multiplier: float, enterprises_count: int, out: Path | None) -> None:
-    """Catch-up apply rate (row changes/s) from a backlog of over a million row changes, SQLite → SQLite, and the
-    replication delay p50/p99 while intake runs at 3x design. Uses its own databases under var/bench/replication."""
-    from cutover.bench_replication import (catch_up, close, lag_under_intake, make_backlog, percentile, set_up,
-                                           sqlite_pair)
+                lag_multiplier: float, enterprises_count: int, backends: str, out: Path | None) -> None:
+    """Catch-up apply rate (row changes/s) from a backlog of over a million row changes, SQLite → SQLite and
+    PostgreSQL → PostgreSQL beside PostgreSQL's native logical replication on the same workload, and the replication
+    delay p50/p99 while intake runs at 3x design. Uses its own databases under var/bench/replication."""
+    from cutover.bench_replication import (Pair, catch_up, close, lag_under_intake, make_backlog,
+                                           native_catch_up, percentile, pg_clusters, set_up, sqlite_pair)
     from standby.domain.risk import load_risk_rules
     from standby.domain.tariff import load_tariff
     from standby.ray_runtime import ensure_ray
@@ -110,26 +114,52 @@ def replication(cli: CliContext, declarations: int, partitions: int, window: int
     results: dict = {"run": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              "machine": f"{platform.node()} {platform.machine()} {_cpus()} cores",
                              "declarations": declarations, "partitions": partitions, "window": window}}
-    pair = sqlite_pair(settings.path(settings.data_dir) / "bench" / "replication", org, tariff, rules)
-    try:
-        click.echo("- SQLite → SQLite: seeding the primary and snapshotting the standby …")
-        set_up(pair, enterprises_count, partitions, window)
-        changes = make_backlog(pair, declarations, click.echo)
-        seconds = catch_up(pair, click.echo)
-        rate = changes / seconds
-        click.echo(f"  caught up {changes:,} row changes in {seconds:.1f} s: {rate:,.0f} row changes/s")
-        results["sqlite"] = {"backlog_row_changes": changes, "catch_up_seconds": round(seconds, 2),
-                             "row_changes_per_s": round(rate)}
-        if lag_seconds:
-            click.echo(f"- lag while intake runs at {lag_multiplier:g}x design for {lag_seconds:g} s …")
-            delays = lag_under_intake(pair, capacity, lag_multiplier, lag_seconds)
-            lag = {f"p{p}_ms": round(percentile(delays, p) * 1000, 1) for p in (50, 95, 99)}
-            lag["changes"] = len(delays)
-            click.echo(f"  commit-to-apply delay over {len(delays):,} row changes: p50 {lag['p50_ms']} ms, "
-                       f"p95 {lag['p95_ms']} ms, p99 {lag['p99_ms']} ms")
-            results["sqlite"]["lag_at_multiplier"] = {"multiplier": lag_multiplier, **lag}
-    finally:
-        close(pair)
+    chosen = [b.strip() for b in backends.split(",") if b.strip()]
+    if not chosen or any(b not in ("sqlite", "postgres") for b in chosen):
+        fail("--backends takes 'sqlite' and/or 'postgres'", 2)
+
+    def ours(name: str, pair) -> dict:
+        try:
+            click.echo(f"- {name}: seeding the primary and snapshotting the standby …")
+            set_up(pair, enterprises_count, partitions, window)
+            out = {}
+            if lag_seconds:  # steady state first: intake at the multiplier while the stream keeps up
+                click.echo(f"- {name}: lag while intake runs at {lag_multiplier:g}x design for {lag_seconds:g} s …")
+                delays = lag_under_intake(pair, capacity, lag_multiplier, lag_seconds)
+                lag = {f"p{p}_ms": round(percentile(delays, p) * 1000, 1) for p in (50, 95, 99)}
+                click.echo(f"  commit-to-apply delay over {len(delays):,} row changes: p50 {lag['p50_ms']} ms, "
+                           f"p95 {lag['p95_ms']} ms, p99 {lag['p99_ms']} ms")
+                out["lag_at_multiplier"] = {"multiplier": lag_multiplier, "changes": len(delays), **lag}
+            changes = make_backlog(pair, declarations, click.echo)
+            seconds = catch_up(pair, click.echo)
+            click.echo(f"  caught up {changes:,} row changes in {seconds:.1f} s: {changes / seconds:,.0f} row changes/s")
+            out.update({"backlog_row_changes": changes, "catch_up_seconds": round(seconds, 2),
+                        "row_changes_per_s": round(changes / seconds)})
+            return out
+        finally:
+            close(pair)
+
+    if "sqlite" in chosen:
+        results["sqlite"] = ours("SQLite → SQLite", sqlite_pair(
+            settings.path(settings.data_dir) / "bench" / "replication", org, tariff, rules))
+    if "postgres" in chosen:
+        clusters = pg_clusters(click.echo)
+        try:
+            clusters[0].create_database("ours_a")
+            clusters[1].create_database("ours_b")
+            results["postgres"] = ours("PostgreSQL → PostgreSQL", Pair(
+                clusters[0].url("ours_a"), clusters[1].url("ours_b"), org, tariff, rules))
+            click.echo("- PostgreSQL native logical replication, same workload …")
+            native = native_catch_up(clusters[0], clusters[1], org, tariff, rules, enterprises_count, declarations,
+                                     click.echo)
+            changes = results["postgres"]["backlog_row_changes"]
+            native["row_changes_per_s"] = round(changes / native["catch_up_seconds"])
+            click.echo(f"  native caught up in {native['catch_up_seconds']} s: {native['row_changes_per_s']:,} "
+                       "row changes/s (same backlog)")
+            results["postgres_native"] = native
+        finally:
+            for cluster in clusters:
+                cluster.cleanup()
     click.echo(json.dumps(results, indent=2))
     if out:
         out.write_text(json.dumps(results, indent=2))

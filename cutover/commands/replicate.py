@@ -32,9 +32,12 @@ from standby.store.site import read_control
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=9464, show_default=True,
               help="serve /metrics here (0: do not serve)")
 @click.option("--once", is_flag=True, help="catch up with what the primary has now, then exit")
+@click.option("--drop-slot", is_flag=True,
+              help="PostgreSQL: drop this stream's replication slot on the primary and exit (the primary stops "
+                   "keeping WAL for it; the stream then needs a new standby snapshot)")
 @pass_cli
 def replicate(cli: CliContext, source_site: str, target_site: str, partitions: int, window: int,
-              metrics_port: int, once: bool) -> None:
+              metrics_port: int, once: bool, drop_slot: bool) -> None:
     """Keep TARGET a copy of SOURCE: an initial snapshot, then every committed change in commit order, exactly once.
 
     Runs until SIGTERM or Ctrl-C (it finishes the window in hand and stops cleanly; the next start resumes from the
@@ -43,6 +46,9 @@ def replicate(cli: CliContext, source_site: str, target_site: str, partitions: i
     if source_site == target_site:
         fail("--from and --to must be different sites", 2)
     primary, standby = open_site_database(cli, source_site), open_site_database(cli, target_site)
+    if drop_slot:
+        _drop_slot(cli, source_site, target_site)
+        return
     control = read_control(standby, target_site)
     if control is None or control.role is not SiteRole.STANDBY:
         fail(f"site {target_site} is {control.role.value if control else 'not set up'}; replication only writes "
@@ -90,6 +96,24 @@ def replicate(cli: CliContext, source_site: str, target_site: str, partitions: i
             shutdown_ray()
 
 
+def _drop_slot(cli: CliContext, source_site: str, target_site: str) -> None:
+    from replication.pg_source import PgChangeSource
+    from replication.sources import slot_name
+
+    url = cli.settings.database_url(source_site)
+    if not url.startswith("postgresql"):
+        fail(f"site {source_site} is not on PostgreSQL; only PostgreSQL streams have a slot", 2)
+    source = PgChangeSource(url, slot_name(source_site, target_site))
+    try:
+        if not source.slot_exists():
+            click.echo(f"no slot {slot_name(source_site, target_site)} on site {source_site}")
+            return
+        source.drop_slot()
+        click.echo(f"dropped slot {slot_name(source_site, target_site)} on site {source_site}")
+    finally:
+        source.close()
+
+
 def _snapshot_progress():
     last = {"at": 0.0}
 
@@ -114,13 +138,19 @@ def _report_while(replicator: Replicator, metrics: ReplicationMetrics, stop: thr
 @click.argument("standby_site", metavar="B")
 @click.option("--chunk-rows", type=click.IntRange(1, 10_000_000), default=10_000, show_default=True)
 @click.option("--table", "tables", multiple=True, help="only these tables (default: every replicated table)")
+@click.option("--settle-timeout", type=click.FloatRange(0, 3600), default=30, show_default=True,
+              help="while replication runs, a differing chunk is compared again once the standby has applied what "
+                   "the primary had then; wait at most this long for it (0: report at once)")
 @pass_cli
-def verify(cli: CliContext, primary_site: str, standby_site: str, chunk_rows: int, tables: tuple[str, ...]) -> None:
+def verify(cli: CliContext, primary_site: str, standby_site: str, chunk_rows: int, tables: tuple[str, ...],
+           settle_timeout: float) -> None:
     """Compare A and B table by table in key-range chunks (count and hash per chunk in the database, then only the
     differing chunks row by row) and name every differing key. Exit 1 if anything differs."""
     primary = open_site_database(cli, primary_site, writer=False)
     standby = open_site_database(cli, standby_site, writer=False)
     kwargs = {"tables": tables} if tables else {}
+    if settle_timeout:
+        kwargs["settle"] = _settle(cli, primary_site, standby_site, standby, settle_timeout)
     try:
         report = verify_tables(primary, standby, chunk_rows=chunk_rows, progress=_verify_progress(), **kwargs)
     except ValueError as exc:
@@ -129,6 +159,30 @@ def verify(cli: CliContext, primary_site: str, standby_site: str, chunk_rows: in
     for line in report.summary():
         click.echo(line)
     raise SystemExit(0 if report.ok else 1)
+
+
+def _settle(cli: CliContext, primary_site: str, standby_site: str, standby, timeout_s: float):
+    """Wait until the standby's stream from the primary has applied the primary's position as of the call."""
+    from sqlalchemy import func, select
+
+    from standby.store.schema import replication_state
+
+    def applied() -> int | None:
+        with standby.connect() as conn:
+            return conn.execute(select(func.min(replication_state.c.position)).where(
+                replication_state.c.stream == stream_name(primary_site, standby_site))).scalar()
+
+    def settle() -> None:
+        if applied() is None:
+            return  # no stream into this standby: nothing to wait for
+        source = open_source(cli.settings.database_url(primary_site), primary_site, standby_site)
+        try:
+            target, deadline = source.head(), time.monotonic() + timeout_s
+        finally:
+            source.close()
+        while (applied() or 0) < target and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return settle
 
 
 def _verify_progress():

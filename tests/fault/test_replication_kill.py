@@ -114,3 +114,24 @@ def test_kill_9_of_apply_workers_mid_stream(tmp_path, org, tariff, rules, ray_se
     assert report.ok, "\n".join(report.summary())
     assert report.table("declarations").rows == intake.done
     assert retries >= 1, "the kills were felt and retried"
+
+
+def test_sigterm_stops_the_replicator_cleanly_and_keeps_its_position(tmp_path, org, tariff, rules, ray_session):
+    primary = make_site_db(tmp_path, org, enterprises_count=2000)
+    standby_url = f"sqlite:///{tmp_path / 'site-b.db'}"
+    make_standby(standby_url)
+    config = _config(tmp_path, primary.url, standby_url)
+    Intake(primary.url, primary.active_enterprises(200), tariff, rules).run_batches(5)
+    proc = _replicate(config)
+    deadline = time.monotonic() + 90
+    while _applied(standby_url) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "stopped at position" in out
+    kept = _applied(standby_url)
+    assert kept > 0
+    finisher = _replicate(config, once=True)
+    again, _ = finisher.communicate(timeout=120)
+    assert finisher.returncode == 0 and f"resuming stream A-to-B from position {kept}" in again, again

@@ -114,3 +114,24 @@ def test_seed_adds_historical_declarations_that_are_closed_and_numbered_from_the
 def test_bench_explains_its_capacity_figures(config):
     result = run(config, "bench", "intake", "--explain-capacity")
     assert result.exit_code == 0 and "peak declarations/s      = 3.41" in result.output
+
+
+def test_replicate_then_verify_from_the_command_line(config, tmp_path):
+    import sqlite3
+
+    run(config, "db", "upgrade", "--site", "A")
+    run(config, "db", "upgrade", "--site", "B")
+    run(config, "seed", "--site", "A", "--enterprises", "1000", "--declarations", "300")
+    refused = CliRunner().invoke(main, ["--config", str(config), "replicate", "--from", "B", "--to", "A", "--once",
+                                        "--metrics-port", "0"])
+    assert refused.exit_code == 1 and "replication only writes into a standby" in refused.output
+    copied = run(config, "replicate", "--from", "A", "--to", "B", "--once", "--metrics-port", "0")
+    assert copied.exit_code == 0 and "snapshot copied" in copied.output
+    same = CliRunner().invoke(main, ["--config", str(config), "verify", "A", "B", "--settle-timeout", "0"])
+    assert same.exit_code == 0 and "OK:" in same.output
+    db = sqlite3.connect(tmp_path / "b.db")
+    db.execute("UPDATE capture_txn SET capture = 0")  # change the standby behind replication's back
+    db.execute("UPDATE enterprises SET street = 'changed' WHERE rowid = 5")
+    db.commit()
+    differs = CliRunner().invoke(main, ["--config", str(config), "verify", "A", "B", "--settle-timeout", "0"])
+    assert differs.exit_code == 1 and "different in street" in differs.output and "DIFFERENT" in differs.output

@@ -1,4 +1,4 @@
-"""Throwaway PostgreSQL clusters for tests: `initdb` + `pg_ctl` in a temp dir, on a free port (DESIGN §5).
+"""Throwaway PostgreSQL clusters for tests, drills and benchmarks: `initdb` + `pg_ctl` in a temp dir, on a free port.
 
 No pytest here, so fault tests, benchmarks and scripts can use it too; the fixtures are in tests/pg_fixtures.py.
 
