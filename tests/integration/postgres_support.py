@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -162,3 +162,27 @@ class Interleave:
                     self.b_waited_on_lock = True
                     return
 
+
+
+def run_workers(work: Callable[[str], None], names, engines: dict[str, Engine], timeout_s: float = 120) -> None:
+    """Run `work(name)` for each name in its own thread, wait for all, dispose `engines`, and re-raise the first
+    failure of any worker (so a worker's assertion fails the test)."""
+    errors: list[BaseException] = []
+
+    def guarded(name: str) -> None:
+        try:
+            work(name)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(name,)) for name in names]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=timeout_s)
+    finally:
+        for engine in engines.values():
+            engine.dispose()
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads), "a worker did not finish"

@@ -41,6 +41,7 @@ from tests.integration.postgres_support import (  # noqa: F401  (fixtures includ
     pipeline,
     pre_declarations,
     rows,
+    run_workers,
     site,
 )
 
@@ -148,31 +149,18 @@ def test_two_threads_transactions_come_out_whole_and_in_commit_order(site: Engin
             for i, w in enumerate("ab")}
     engines = {w: make_engine(pg_url) for w in work}
     batches: list[set[str]] = []
-    errors: list[BaseException] = []
     start = threading.Barrier(2)
     source.create_slot()
 
     def worker(w: str) -> None:
-        try:
-            p = pipeline(engines[w])
-            start.wait()
-            for i in range(0, 60, 10):
-                outcomes = p.process(work[w][i:i + 10])
-                assert_all(outcomes, 201)
-                batches.append(bases(outcomes))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        p = pipeline(engines[w])
+        start.wait()
+        for i in range(0, 60, 10):
+            outcomes = p.process(work[w][i:i + 10])
+            assert_all(outcomes, 201)
+            batches.append(bases(outcomes))
 
-    threads = [threading.Thread(target=worker, args=(w,)) for w in work]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-    finally:
-        for e in engines.values():
-            e.dispose()
-    assert not errors, errors
+    run_workers(worker, work, engines)
     source.heartbeat("A")
 
     changes = read_all(source, 0, limit=7)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 
 import pytest
 from sqlalchemy import Engine, select
@@ -16,7 +15,6 @@ from standby.store.schema import (
     declarations,
     enterprises,
     idempotency_keys,
-    number_blocks,
     officer_assignments,
     officer_rotation,
 )
@@ -34,6 +32,7 @@ from tests.integration.postgres_support import (  # noqa: F401  (fixtures includ
     pipeline,
     pre_declarations,
     rows,
+    run_workers,
     site,
 )
 
@@ -49,29 +48,15 @@ def test_two_workers_never_issue_the_same_number(site: Engine, pg_url: str) -> N
             for i, w in enumerate(("a", "b"))}
     engines = {w: make_engine(pg_url) for w in work}
     results: dict[str, list[Outcome]] = {w: [] for w in work}
-    errors: list[BaseException] = []
     start = threading.Barrier(len(work))
 
     def run(w: str) -> None:
-        try:
-            worker = pipeline(engines[w], block_size=block)
-            start.wait()
-            for i in range(batches):
-                results[w].extend(worker.process(work[w][i * per_batch:(i + 1) * per_batch]))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        worker = pipeline(engines[w], block_size=block)
+        start.wait()
+        for i in range(batches):
+            results[w].extend(worker.process(work[w][i * per_batch:(i + 1) * per_batch]))
 
-    threads = [threading.Thread(target=run, args=(w,)) for w in work]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-    finally:
-        for eng in engines.values():
-            eng.dispose()
-    assert not errors, errors
-    assert not any(t.is_alive() for t in threads)
+    run_workers(run, work, engines)
 
     for w in work:
         assert_all(results[w], 201)
