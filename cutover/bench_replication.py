@@ -45,7 +45,8 @@ class Pair:
     extra: dict = field(default_factory=dict)
 
 
-def set_up(pair: Pair, enterprises_count: int, partitions: int, window: int) -> Replicator:
+def set_up(pair: Pair, enterprises_count: int, partitions: int, window: int,
+           read_ahead: bool | None = None) -> Replicator:
     """Both sites at the newest schema, the primary seeded, the standby snapshotted from it (so what follows is
     streamed, not copied)."""
     for url, site, role in ((pair.primary_url, "A", SiteRole.PRIMARY), (pair.standby_url, "B", SiteRole.STANDBY)):
@@ -57,7 +58,8 @@ def set_up(pair: Pair, enterprises_count: int, partitions: int, window: int) -> 
     pair.pool.start()
     primary = make_engine(pair.primary_url)
     pair.replicator = Replicator(source, pair.pool, Applier(apply_engine(pair.standby_url)),
-                                 ReplicatorOptions("A-to-B", partitions, window), ReplicationMetrics("A-to-B"),
+                                 ReplicatorOptions("A-to-B", partitions, window, read_ahead=read_ahead),
+                                 ReplicationMetrics("A-to-B"),
                                  heartbeat=lambda now: write_heartbeat(primary, "A", now))
     pair.replicator.start()
     pair.replicator.source.acknowledge(pair.replicator.applied_position)
@@ -143,6 +145,8 @@ def count_rows(url: str, table) -> int:
 
 
 def close(pair: Pair) -> None:
+    if pair.replicator:
+        pair.replicator.close()
     if pair.pool:
         pair.pool.stop()
     if pair.replicator:

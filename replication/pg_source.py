@@ -69,6 +69,10 @@ class PgChangeSource:
     implicitly. Transient database errors raise SourceUnavailable; anything else propagates. Not thread-safe:
     one reader per source."""
 
+    # Measured (bench replication, 275,726 changes): reading the next window during the apply made catch-up slower
+    # (9,276 vs 14,634 changes/s): decoding runs on the server and competes with the apply workers for the cores.
+    read_ahead = False
+
     def __init__(self, url: str, slot: str, tables: tuple[str, ...] = REPLICATED_TABLES, *, schema: str = "public"):
         if not SLOT_NAME.fullmatch(slot):
             raise ValueError(f"slot name {slot!r}: PostgreSQL allows 1-63 characters of a-z, 0-9 and _")

@@ -7,6 +7,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -49,6 +50,8 @@ class ReplicatorOptions:
     idle_sleep_s: float = 0.02
     heartbeat_interval_s: float = 0.2
     give_up_after_s: float = 600.0  # transient failures are retried with capped backoff for this long
+    read_ahead: bool | None = None  # read the next window while the current one is applied; None: the source's
+    # preference (SQLite yes; PostgreSQL no: its decoding runs on the server and competes with the apply workers)
 
 
 class Replicator:
@@ -67,6 +70,11 @@ class Replicator:
         self._last_heartbeat = float("-inf")
         self._last_slot_check = float("-inf")
         self._newest_commit_at: float | None = None
+        # The next window is read while the workers apply the current one (reading and applying then overlap).
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replication-read")
+        self._ahead: tuple[int, Future] | None = None
+        self._read_ahead = (options.read_ahead if options.read_ahead is not None
+                            else getattr(source, "read_ahead", True))
 
     # -- start ---------------------------------------------------------------------------------------------------
     def start(self, progress: Callable[[str, int], None] = lambda table, rows: None) -> bool:
@@ -92,10 +100,13 @@ class Replicator:
         """Read one window and apply it. Returns the number of changes applied (0 when caught up)."""
         self._beat()
         after = min(self.positions.values())
-        changes = self.source.read(after, self.o.window)
+        changes = self._read(after)
         if not changes:
             self._show_lag(caught_up=True)
             return 0
+        if self._read_ahead and len(changes) >= self.o.window:  # more is waiting: fetch it during the apply
+            self._ahead = (changes[-1].position, self._reader.submit(self.source.read, changes[-1].position,
+                                                                      self.o.window))
         results: list[ApplyResult] = self.pool.apply(self.o.stream, windows_by_partition(
             changes, self.o.partitions, self.positions))
         applied = 0
@@ -116,6 +127,17 @@ class Replicator:
         self.metrics.batch_size.observe(len(changes))
         self._show_lag(caught_up=len(changes) < self.o.window)
         return applied
+
+    def _read(self, after: int) -> list[Change]:
+        """The window after `after`: the one read ahead if it starts there (a failed apply leaves the positions
+        behind it, and then it is discarded), else a fresh read."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == after:
+            return ahead[1].result()
+        return self.source.read(after, self.o.window)
+
+    def close(self) -> None:
+        self._reader.shutdown(wait=True, cancel_futures=True)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -91,10 +91,14 @@ def _cpus() -> int:
 @click.option("--backends", default="sqlite,postgres", show_default=True,
               help="'sqlite' (SQLite → SQLite) and/or 'postgres' (two throwaway clusters; also runs PostgreSQL's "
                    "native logical replication on the same workload)")
+@click.option("--read-ahead/--no-read-ahead", default=None,
+              help="read the next window while the workers apply the current one (default: as the source prefers, "
+                   "on for SQLite, off for PostgreSQL)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write the results as JSON here")
 @pass_cli
 def replication(cli: CliContext, declarations: int, partitions: int, window: int, lag_seconds: float,
-                lag_multiplier: float, enterprises_count: int, backends: str, out: Path | None) -> None:
+                lag_multiplier: float, enterprises_count: int, backends: str, read_ahead: bool | None,
+                out: Path | None) -> None:
     """Catch-up apply rate (row changes/s) from a backlog of over a million row changes, SQLite → SQLite and
     PostgreSQL → PostgreSQL beside PostgreSQL's native logical replication on the same workload, and the replication
     delay p50/p99 while intake runs at 3x design. Uses its own databases under var/bench/replication."""
@@ -113,7 +117,8 @@ def replication(cli: CliContext, declarations: int, partitions: int, window: int
     ensure_ray(settings.ray.address, settings.ray.num_cpus)
     results: dict = {"run": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              "machine": f"{platform.node()} {platform.machine()} {_cpus()} cores",
-                             "declarations": declarations, "partitions": partitions, "window": window}}
+                             "declarations": declarations, "partitions": partitions, "window": window,
+                             "read_ahead": read_ahead}}
     chosen = [b.strip() for b in backends.split(",") if b.strip()]
     if not chosen or any(b not in ("sqlite", "postgres") for b in chosen):
         fail("--backends takes 'sqlite' and/or 'postgres'", 2)
@@ -121,7 +126,7 @@ def replication(cli: CliContext, declarations: int, partitions: int, window: int
     def ours(name: str, pair) -> dict:
         try:
             click.echo(f"- {name}: seeding the primary and snapshotting the standby …")
-            set_up(pair, enterprises_count, partitions, window)
+            set_up(pair, enterprises_count, partitions, window, read_ahead)
             out = {}
             if lag_seconds:  # steady state first: intake at the multiplier while the stream keeps up
                 click.echo(f"- {name}: lag while intake runs at {lag_multiplier:g}x design for {lag_seconds:g} s …")

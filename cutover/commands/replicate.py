@@ -90,6 +90,7 @@ def replicate(cli: CliContext, source_site: str, target_site: str, partitions: i
         fail(f"replication stopped: {exc}")
     finally:
         stop.set()
+        replicator.close()
         pool.stop()
         source.close()
         if started_ray:

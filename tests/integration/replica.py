@@ -84,6 +84,8 @@ class Stream:
 
     def close(self) -> None:
         self.stop()
+        if self.replicator:
+            self.replicator.close()
         if self.pool:
             self.pool.stop()
         self.source.close()
