@@ -14,6 +14,7 @@ from standby.reference.orgdata import OrgDataError, load_org_data
 from standby.store.engine import make_engine
 from standby.store.migrate import current_revision, head_revision, upgrade
 from standby.store.seed import seed as run_seed
+from standby.store.retention import count_older_than, prune_idempotency
 from standby.store.site import init_site
 
 
@@ -60,6 +61,26 @@ def db_current(cli: CliContext, site_id: str) -> None:
     click.echo(f"site {site_id}: {current or 'empty (run db upgrade)'}; newest {head}")
     if current != head:
         raise SystemExit(1)
+
+
+@db.command("prune")
+@site_option
+@click.option("--keys-older-than-days", type=click.FloatRange(1, 3650), required=True,
+              help="delete Idempotency-Key records older than this; a retry older than it counts as a new request")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@pass_cli
+def db_prune(cli: CliContext, site_id: str, keys_older_than_days: float, yes: bool) -> None:
+    """Delete old idempotency records on SITE (the primary; the deletes replicate). The audit log is kept."""
+    engine = open_site_database(cli, site_id)
+    cutoff = time.time() - keys_older_than_days * 86_400
+    due = count_older_than(engine, cutoff)
+    if not due:
+        click.echo(f"site {site_id}: no idempotency records older than {keys_older_than_days:g} days")
+        return
+    if not yes and not click.confirm(f"delete {due:,} idempotency records older than {keys_older_than_days:g} days "
+                                     f"on site {site_id}? This cannot be undone", default=False):
+        fail("nothing deleted", 1)
+    click.echo(f"site {site_id}: deleted {prune_idempotency(engine, cutoff):,} idempotency records")
 
 
 @click.command("seed")

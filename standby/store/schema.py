@@ -216,6 +216,7 @@ idempotency_keys = Table(
     Column("status", Integer, nullable=False),
     Column("response", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+    Index(None, "created_at"),  # retention deletes by age
 )
 
 audit_log = Table(

@@ -135,3 +135,24 @@ def test_replicate_then_verify_from_the_command_line(config, tmp_path):
     db.commit()
     differs = CliRunner().invoke(main, ["--config", str(config), "verify", "A", "B", "--settle-timeout", "0"])
     assert differs.exit_code == 1 and "different in street" in differs.output and "DIFFERENT" in differs.output
+
+
+def test_prune_deletes_only_old_idempotency_records_after_confirmation(config, tmp_path):
+    import sqlite3
+    import time
+
+    run(config, "db", "upgrade", "--site", "A")
+    db = sqlite3.connect(tmp_path / "a.db")
+    old, new = time.time() - 10 * 86_400, time.time()
+    db.executemany("INSERT INTO idempotency_keys VALUES (?, ?, 'h', 201, '{}', ?)",
+                   [("declarant:1", f"old-{i}", old) for i in range(30)] + [("declarant:1", "new", new)])
+    db.commit()
+    declined = CliRunner().invoke(main, ["--config", str(config), "db", "prune", "--site", "A",
+                                         "--keys-older-than-days", "7"], input="n\n")
+    assert declined.exit_code == 1 and "delete 30 idempotency records" in declined.output
+    assert db.execute("SELECT count(*) FROM idempotency_keys").fetchone()[0] == 31
+    done = run(config, "db", "prune", "--site", "A", "--keys-older-than-days", "7", "--yes")
+    assert done.exit_code == 0 and "deleted 30" in done.output
+    assert [k for (k,) in db.execute("SELECT key FROM idempotency_keys")] == ["new"]
+    again = run(config, "db", "prune", "--site", "A", "--keys-older-than-days", "7", "--yes")
+    assert "no idempotency records older than 7 days" in again.output
