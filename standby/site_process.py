@@ -11,7 +11,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from standby.api.app import SiteServices, create_app
-from standby.api.auth import TokenRegistry
+from standby.api.auth import ReloadingTokenRegistry
 from standby.api.batcher import MicroBatcher
 from standby.api.metrics import SiteMetrics
 from standby.clearance.commands import Command, Outcome, partition_for
@@ -62,7 +62,7 @@ def build_site(settings: Settings, site_id: str, *, in_process: bool = False) ->
 
     services = SiteServices(
         site_id=site_id, read_engine=make_engine(url, pool_size=8, writer=False), submit=submit,
-        tokens=TokenRegistry.load(settings.path(settings.auth.tokens_file)), metrics=metrics,
+        tokens=ReloadingTokenRegistry(settings.path(settings.auth.tokens_file)), metrics=metrics,
         max_body_bytes=settings.limits.max_body_bytes, start=start, stop=batcher.stop,
     )
     return Site(site_id, create_app(services), pool, services)

@@ -36,7 +36,8 @@ def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, por
     site = build_site(settings, site_id, in_process=in_process)
     if not len(site.services.tokens):
         click.secho(f"warning: no tokens in {settings.path(settings.auth.tokens_file)}; every API call will get 401. "
-                    "Issue some with `standbyctl tokens issue`.", fg="yellow", err=True)
+                    "Issue some with `standbyctl tokens issue`; the running site picks them up within a second.",
+                    fg="yellow", err=True)
     click.echo(f"site {site_id}: {control.role.value}, epoch {control.epoch}, intake {control.intake_state.value}; "
                f"{settings.ray.workers} clearance workers {'in this process' if in_process else 'on Ray'}")
     click.echo(f"serving http://{host}:{port}  (API docs /docs, metrics /metrics, readiness /readyz)")

@@ -1,12 +1,18 @@
 """standbyctl tokens: bearer tokens for declarants, officers and operators."""
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import click
 import yaml
+from sqlalchemy import select
 
-from cutover.context import CliContext, fail, pass_cli
-from standby.api.auth import issue_token
+from cutover.context import CliContext, fail, open_site_database, pass_cli
+from standby.api.auth import issue_token, issue_tokens
 from standby.clearance.commands import Role
+from standby.store.schema import enterprises, officers
 
 
 @click.group()
@@ -20,13 +26,44 @@ def tokens() -> None:
               help="declarant: the enterprise's tax code; officer: the officer id (e.g. 01CA-01-01); operator: a name")
 @pass_cli
 def issue(cli: CliContext, role: str, subject: str) -> None:
-    """Create a token and print it once. Running servers load tokens at start: restart them to pick it up."""
+    """Create a token and print it once. A running site accepts it within a second."""
     if role == Role.DECLARANT.value and not (subject.isdigit() and len(subject) in (10, 13)):
         fail(f"a declarant's subject is the enterprise's 10- or 13-digit tax code, not {subject!r}", 2)
     path = cli.settings.path(cli.settings.auth.tokens_file)
     token = issue_token(path, Role(role), subject)
     click.echo(token)
     click.echo(f"(role {role}, subject {subject}; hash stored in {path}; this token is not shown again)", err=True)
+
+
+@tokens.command("issue-many")
+@click.option("--site", "site_id", required=True, metavar="ID", help="the site whose enterprises and officers to use")
+@click.option("--declarants", type=click.IntRange(0, 100_000), default=200, show_default=True,
+              help="tokens for this many active enterprises (not blocked)")
+@click.option("--officers-per-section", type=click.IntRange(0, 100), default=2, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="JSON file (mode 0600) with the tokens' texts, for a load generator")
+@pass_cli
+def issue_many(cli: CliContext, site_id: str, declarants: int, officers_per_section: int, out: Path) -> None:
+    """Issue tokens in bulk for a load test: declarants of active enterprises and officers of every office. The
+    hashes go to the tokens file (a running site accepts them within a second); the texts go to OUT only."""
+    engine = open_site_database(cli, site_id, writer=False)
+    with engine.connect() as conn:
+        tax_codes = list(conn.execute(select(enterprises.c.tax_code).where(
+            enterprises.c.status == "active", enterprises.c.tax_debt_days <= 90)
+            .order_by(enterprises.c.tax_code).limit(declarants)).scalars())
+        staff = conn.execute(select(officers.c.officer_id, officers.c.office_code).where(
+            officers.c.active.is_(True), officers.c.position < officers_per_section)
+            .order_by(officers.c.officer_id)).all()
+    wanted = [(Role.DECLARANT, t) for t in tax_codes] + [(Role.OFFICER, o) for o, _ in staff]
+    texts = issue_tokens(cli.settings.path(cli.settings.auth.tokens_file), wanted)
+    body = {"declarants": [{"tax_code": t, "token": x} for t, x in zip(tax_codes, texts)],
+            "officers": [{"officer_id": o, "office": office, "token": x}
+                         for (o, office), x in zip(staff, texts[len(tax_codes):])],
+            "offices": sorted({office for _, office in staff})}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(body))
+    os.chmod(out, 0o600)
+    click.echo(f"{len(tax_codes)} declarant and {len(staff)} officer tokens; texts in {out} (keep it private)")
 
 
 @tokens.command("list")

@@ -156,3 +156,22 @@ def test_prune_deletes_only_old_idempotency_records_after_confirmation(config, t
     assert [k for (k,) in db.execute("SELECT key FROM idempotency_keys")] == ["new"]
     again = run(config, "db", "prune", "--site", "A", "--keys-older-than-days", "7", "--yes")
     assert "no idempotency records older than 7 days" in again.output
+
+
+def test_issue_many_gives_a_load_generator_its_tokens(config, tmp_path):
+    import json
+
+    from standby.api.auth import TokenRegistry
+
+    run(config, "db", "upgrade", "--site", "A")
+    run(config, "seed", "--site", "A", "--enterprises", "1000", "--officers-per-section", "3")
+    out = tmp_path / "lt" / "tokens.json"
+    result = run(config, "tokens", "issue-many", "--site", "A", "--declarants", "50", "--officers-per-section", "2",
+                 "--out", str(out))
+    assert result.exit_code == 0 and "50 declarant and 252 officer tokens" in result.output
+    body = json.loads(out.read_text())
+    assert oct(out.stat().st_mode)[-3:] == "600" and len(body["offices"]) == 63
+    registry = TokenRegistry.load(tmp_path / "tokens.yaml")
+    assert registry.principal(body["declarants"][0]["token"]).subject == body["declarants"][0]["tax_code"]
+    assert registry.principal(body["officers"][0]["token"]).subject == body["officers"][0]["officer_id"]
+    assert body["declarants"][0]["token"] not in (tmp_path / "tokens.yaml").read_text()
