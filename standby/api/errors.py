@@ -6,6 +6,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from standby.domain.errors import Refusal
+
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, field: str | None = None,
@@ -15,10 +17,7 @@ class ApiError(Exception):
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict:
-    error = {"code": code, "message": message}
-    if field:
-        error["field"] = field
-    return {"error": error}
+    return Refusal(code, message, field).envelope()
 
 
 def field_path(loc) -> str:

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from enum import Enum
 
+from standby.domain.errors import Refusal
+
 
 class Op(str, Enum):
     PRE_DECLARE = "pre_declare"  # IDA / EDA
@@ -71,10 +73,7 @@ class Outcome:
 
 
 def refused(status: int, code: str, message: str, field_name: str | None = None) -> Outcome:
-    error = {"code": code, "message": message}
-    if field_name:
-        error["field"] = field_name
-    return Outcome(status, {"error": error})
+    return Outcome(status, Refusal(code, message, field_name, status).envelope())
 
 
 def partition_for(office_code: str, partitions: int) -> int:

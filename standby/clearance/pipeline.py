@@ -119,8 +119,7 @@ class ClearancePipeline:
         try:
             outcome = HANDLERS[cmd.op](ctx, cmd)
         except DomainError as err:
-            r = err.refusal
-            outcome = refused(r.status, r.code, r.message, r.field)
+            outcome = Outcome(err.refusal.status, err.refusal.envelope())
         stored[key] = (cmd.request_hash, outcome)
         ctx.writes.idempotency.append({
             "principal": key[0], "key": key[1], "request_hash": cmd.request_hash, "status": outcome.status,

@@ -19,6 +19,10 @@ class Refusal:
             body["field"] = self.field
         return body
 
+    def envelope(self) -> dict:
+        """The body every refusal is sent with, over HTTP and from a worker alike."""
+        return {"error": self.as_dict()}
+
 
 class DomainError(Exception):
     """Raised by pure domain code; carries the refusal the caller reports."""
