@@ -6,18 +6,17 @@ import os
 from pathlib import Path
 
 import click
-import yaml
 from sqlalchemy import select
 
 from cutover.context import CliContext, fail, open_site_database, pass_cli
-from standby.api.auth import issue_token, issue_tokens
+from standby.api.auth import issue_token, issue_tokens, read_tokens_file, revoke_tokens
 from standby.clearance.commands import Role
 from standby.store.schema import enterprises, officers
 
 
 @click.group()
 def tokens() -> None:
-    """Issue and list API tokens. The tokens file keeps only SHA-256 hashes."""
+    """Issue, list and revoke API tokens. The tokens file keeps only SHA-256 hashes."""
 
 
 @tokens.command("issue")
@@ -42,8 +41,11 @@ def issue(cli: CliContext, role: str, subject: str) -> None:
 @click.option("--officers-per-section", type=click.IntRange(0, 100), default=2, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="JSON file (mode 0600) with the tokens' texts, for a load generator")
+@click.option("--label", default=None, metavar="TEXT",
+              help="mark this batch, so `standbyctl tokens revoke --label TEXT` removes it when the run is over")
 @pass_cli
-def issue_many(cli: CliContext, site_id: str, declarants: int, officers_per_section: int, out: Path) -> None:
+def issue_many(cli: CliContext, site_id: str, declarants: int, officers_per_section: int, out: Path,
+               label: str | None) -> None:
     """Issue tokens in bulk for a load test: declarants of active enterprises and officers of every office. The
     hashes go to the tokens file (a running site accepts them within a second); the texts go to OUT only."""
     engine = open_site_database(cli, site_id, writer=False)
@@ -55,7 +57,7 @@ def issue_many(cli: CliContext, site_id: str, declarants: int, officers_per_sect
             officers.c.active.is_(True), officers.c.position < officers_per_section)
             .order_by(officers.c.officer_id)).all()
     wanted = [(Role.DECLARANT, t) for t in tax_codes] + [(Role.OFFICER, o) for o, _ in staff]
-    texts = issue_tokens(cli.settings.path(cli.settings.auth.tokens_file), wanted)
+    texts = issue_tokens(cli.settings.path(cli.settings.auth.tokens_file), wanted, label=label)
     body = {"declarants": [{"tax_code": t, "token": x} for t, x in zip(tax_codes, texts)],
             "officers": [{"officer_id": o, "office": office, "token": x}
                          for (o, office), x in zip(staff, texts[len(tax_codes):])],
@@ -71,8 +73,21 @@ def issue_many(cli: CliContext, site_id: str, declarants: int, officers_per_sect
 def list_tokens(cli: CliContext) -> None:
     """List the roles and subjects that hold tokens (never the tokens)."""
     path = cli.settings.path(cli.settings.auth.tokens_file)
-    raw = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.exists() else {}
-    entries = raw.get("tokens", [])
+    entries = read_tokens_file(path).get("tokens", [])
     for e in entries:
-        click.echo(f"{e['role']:<10} {e['subject']:<16} sha256:{e['sha256'][:12]}…")
+        label = f"  [{e['label']}]" if e.get("label") else ""
+        click.echo(f"{e['role']:<10} {e['subject']:<16} sha256:{e['sha256'][:12]}…{label}")
     click.echo(f"{len(entries)} token(s) in {path}", err=True)
+
+
+@tokens.command("revoke")
+@click.option("--label", required=True, metavar="TEXT", help="the label the batch was issued with")
+@pass_cli
+def revoke(cli: CliContext, label: str) -> None:
+    """Revoke every token issued with --label (e.g. one load-test run's). A running site refuses them within a
+    second. Exits 1 when no token carries the label, so a typo is not taken for success."""
+    path = cli.settings.path(cli.settings.auth.tokens_file)
+    removed = revoke_tokens(path, label)
+    if not removed:
+        fail(f"no token in {path} carries the label {label!r}; `standbyctl tokens list` shows the labels")
+    click.echo(f"revoked {removed} token(s) labelled {label!r} in {path}")
