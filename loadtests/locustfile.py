@@ -2,16 +2,19 @@
 
     locust -f loadtests/locustfile.py --headless --host http://127.0.0.1:8401 --tokens-file tokens.json \
         --shape steady --multiplier 2 [--standby-host http://127.0.0.1:8402] \
-        [--replication-metrics-url http://127.0.0.1:9464/metrics] [-t 10m] --csv reports/run
+        [--replication-metrics-url http://127.0.0.1:9464/metrics] [-t 10m] --csv reports/run --csv-full-history \
+        [--processes 4 --latency-log reports/run]
 
 Users: declarants (pre-declare -> maybe amend -> register -> pay -> poll), officers working their queues, and
 read-only clients of the standby. Shapes: `steady` at --multiplier x design, `step` (the knee), `spike` (the first day
 after cutover, compressed), or `none` (plain -u/-r). Config is read in the `init` event, never at import.
 Stats rows are named by route template; a registration also fires a "DECISION <lane>" row (green p99 is the SLO);
-REPLICATION "lag" and INTAKE "frozen" are custom events for the non-HTTP figures."""
+REPLICATION "lag" and INTAKE "frozen" are custom events for the non-HTTP figures. Every process also writes
+per-second histograms of the SLO measurements (loadtests/latency_log.py), so the knee's plateaus get exact p99s."""
 from __future__ import annotations
 
 import random
+import time
 
 import gevent
 from locust import FastHttpUser, LoadTestShape, events, task
@@ -19,12 +22,15 @@ from locust.runners import WorkerRunner
 from locust.user.wait_time import constant_pacing
 
 from loadtests import profile as lp
+from loadtests.latency_log import LatencyLog, log_path
+from loadtests.slo import DECISION, LAG
 from loadtests.users_support import FreezeWatch, Setup, call, fire, watch_replication
 from standby.domain.states import Kind
 from standby.synthetic import make_declaration_payload, make_goods_lines
 
 SETUP = Setup()
 DECLARATION = "/v1/declarations/[number]"
+LATENCY = LatencyLog([DECISION, LAG])  # exact per-plateau p99s for the knee (one file per Locust process)
 
 
 @events.init_command_line_parser.add_listener
@@ -38,6 +44,10 @@ def _options(parser) -> None:
     parser.add_argument("--standby-host", default="", help="base URL of the standby; StandbyReader skipped if empty")
     parser.add_argument("--replication-metrics-url", default="",
                         help="replicator's /metrics; replication_lag_seconds reported as REPLICATION lag")
+    # Locust clears --csv in its --processes workers, so the latency log has its own option (default: the --csv
+    # prefix of a single process).
+    parser.add_argument("--latency-log", default="",
+                        help="write PREFIX_latency.<pid>.csv: per-second green-decision and lag histograms")
 
 
 @events.init.add_listener
@@ -67,9 +77,24 @@ def _start_monitors(environment, **_kw) -> None:
 
 
 @events.test_stop.add_listener
-def _stop_monitors(**_kw) -> None:
+def _stop_monitors(environment, **_kw) -> None:
     gevent.killall(_monitors)
     _monitors.clear()
+    _write_latency_log(environment)
+
+
+@events.request.add_listener
+def _count_latency(request_type, name, response_time, **_kw) -> None:
+    if response_time is not None:  # failures count too, as in Locust's own percentiles
+        LATENCY.record(request_type, name, response_time, time.time())
+
+
+@events.quitting.add_listener
+def _write_latency_log(environment, **_kw) -> None:
+    options = environment.parsed_options
+    prefix = (options.latency_log or getattr(options, "csv_prefix", None)) if options else None
+    if prefix and LATENCY.counts:
+        LATENCY.write(log_path(prefix))
 
 
 class _Paced(FastHttpUser):

@@ -23,6 +23,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from loadtests.latency_log import Histograms, percentile, read_latency_logs
+
 DECISION = ("DECISION", "green")
 LAG = ("REPLICATION", "lag")
 FREEZE = ("INTAKE", "frozen")
@@ -125,6 +127,7 @@ class RunStats:
     prefix: str
     rows: dict[tuple[str, str], StatsRow]
     history: list[HistoryRow] = field(default_factory=list)
+    latency: Histograms = field(default_factory=dict)  # per-second SLO measurements (loadtests.latency_log)
 
     def row(self, key: tuple[str, str]) -> StatsRow | None:
         return self.rows.get(key)
@@ -183,8 +186,8 @@ def _int(value: str | None) -> int:
 
 
 def read_locust_csv(prefix: Path | str) -> RunStats:
-    """Parse PREFIX_stats.csv (required) and PREFIX_stats_history.csv (optional: without `--csv-full-history`
-    there are no plots over time and no knee)."""
+    """Parse PREFIX_stats.csv (required), PREFIX_stats_history.csv (optional: without `--csv-full-history`
+    there are no plots over time and no knee) and PREFIX_latency.*.csv (optional: exact p99 per plateau)."""
     prefix = str(prefix)
     fields, raw = _read_csv(Path(f"{prefix}_stats.csv"), _STATS_REQUIRED)
     pcols = _percentile_columns(fields)
@@ -208,7 +211,7 @@ def read_locust_csv(prefix: Path | str) -> RunStats:
                 total_failures=_int(r["Total Failure Count"]), total_avg_ms=_num(r.get("Total Average Response Time")),
                 total_max_ms=_num(r.get("Total Max Response Time"))))
         history.sort(key=lambda h: h.ts)  # stable: keeps Locust's row order within a second
-    return RunStats(prefix=prefix, rows=rows, history=history)
+    return RunStats(prefix=prefix, rows=rows, history=history, latency=read_latency_logs(prefix))
 
 
 def freeze_events(history: Sequence[HistoryRow]) -> list[tuple[int, float]]:
@@ -341,9 +344,13 @@ def _label_multiplier(label: str) -> float | None:
 
 
 def steps_from_history(history: Sequence[HistoryRow], slos: Slos, step_labels: Sequence[str] | None = None,
-                       design=None) -> list[Step]:
+                       design=None, latency: Histograms | None = None) -> list[Step]:
     """Group history by user-count plateau (consecutive seconds at one user count > 0, at least knee.min_step_s long)
     and compute each plateau's achieved rate, green p99, error rate, lag p99 and longest freeze.
+
+    A plateau spans the seconds after the previous plateau's end up to its own end (so the ramp onto it counts).
+    With `latency` (the per-second histograms) its p99s are exact over that span; without, the worst of Locust's
+    rolling 10 s p99s inside the plateau stands in, which overstates the p99 of a long plateau.
 
     design: a loadtests.capacity.DesignCapacity; with it, declarations/s = requests/s / requests_per_declaration
     and multiplier = declarations/s / design peak. Without it the multiplier comes from labels such as "2x"."""
@@ -395,7 +402,9 @@ def steps_from_history(history: Sequence[HistoryRow], slos: Slos, step_labels: S
         rps = requests / dur if dur > 0 else 0.0
         rows = [h for ts in run for h in by_ts[ts]]
 
-        def worst(key: tuple[str, str]) -> float | None:
+        def p99(key: tuple[str, str]) -> float | None:
+            if latency and key in latency:
+                return percentile(latency, key, 0.99, base_ts if base_ts is not None else start - 1, end)
             vals = [h.pct("99%") for h in rows if h.key == key and h.pct("99%") is not None]
             return max(vals) if vals else None
 
@@ -408,8 +417,8 @@ def steps_from_history(history: Sequence[HistoryRow], slos: Slos, step_labels: S
             dps, mult = None, _label_multiplier(label) if label else None
         step = Step(index=len(steps), label=label, users=users, start_ts=start, end_ts=end, seconds=dur,
                     requests=requests, failures=failures, requests_per_s=rps, declarations_per_s=dps,
-                    multiplier=mult, green_p99_ms=worst(DECISION),
-                    error_rate=failures / requests if requests else None, lag_p99_ms=worst(LAG),
+                    multiplier=mult, green_p99_ms=p99(DECISION),
+                    error_rate=failures / requests if requests else None, lag_p99_ms=p99(LAG),
                     freeze_max_s=max(fz) if fz else None)
         measured = {"green_decision_p99_ms": step.green_p99_ms, "error_rate_max": step.error_rate,
                     "replication_lag_p99_ms": step.lag_p99_ms, "freeze_max_s": step.freeze_max_s}
@@ -423,9 +432,10 @@ def find_knee(history: Sequence[HistoryRow] | RunStats, slos: Slos, step_labels:
               design=None) -> Knee | None:
     """The first plateau on which a knee SLO breaks, with the last plateau before it on which all held.
     None when every plateau held (or there is no history)."""
+    latency = None
     if isinstance(history, RunStats):
-        history = history.history
-    steps = steps_from_history(history, slos, step_labels, design)
+        history, latency = history.history, history.latency
+    steps = steps_from_history(history, slos, step_labels, design, latency)
     last_good: Step | None = None
     for step in steps:
         if step.broken:

@@ -1,6 +1,8 @@
 """standbyctl loadtest: Locust against a running site, then SLO verdicts and a report a planner reads at a glance."""
 from __future__ import annotations
 
+import csv
+import json
 import re
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import httpx
 from cutover.context import CliContext, fail, pass_cli
 
 DURATION = re.compile(r"^(\d+)(s|m|h)$")
+PROGRESS_EVERY_S = 30
 
 
 def _seconds(text: str) -> int:
@@ -41,24 +44,50 @@ def _seconds(text: str) -> int:
               help="enterprises the simulated declarants act for")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="report folder (default: reports/loadtest-<shape>-<multiplier>x-<time>)")
+@click.option("--keep-tokens", is_flag=True,
+              help="keep the run's tokens afterwards (default: revoked when the run ends)")
 @pass_cli
 def loadtest(cli: CliContext, site_id: str, multiplier: float, duration: str, shape: str, workers: int,
              standby_site: str | None, replication_metrics_url: str | None, loadtest_config: Path | None,
-             declarants: int, out: Path | None) -> None:
+             declarants: int, out: Path | None, keep_tokens: bool) -> None:
     """Run Locust headless against a running SITE, then judge the run against config/slo.yaml and write
     report.html (plots, SLO table, knee, parameters) with PNGs beside it. Exits 1 if an SLO fails.
 
     \b
     The site must be serving (standbyctl serve --site A). Tokens for the simulated declarants and officers are
-    issued for the run; the running site accepts them within a second."""
-    from loadtests.capacity import load_capacity
-    from loadtests.report import write_report
-    from loadtests.slo import find_knee, load_slos, overall_exit_code, read_locust_csv, verdicts
-
+    issued for the run, labelled loadtest-<time>, and revoked when it ends (unless --keep-tokens).
+    Progress (users, requests/s, p99, failures) is printed every 30 s; Locust's own output goes to locust.log."""
     settings = cli.settings
     cli.check_site(site_id)
     seconds = _seconds(duration)
-    http = settings.site(site_id).http
+    host = _primary_url(cli, site_id)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = out or settings.path(Path("reports") / f"loadtest-{shape}-{multiplier:g}x-{stamp}")
+    out.mkdir(parents=True, exist_ok=True)
+    tokens_file, label = out / "tokens.json", f"loadtest-{stamp}"
+    _issue_tokens(cli, site_id, declarants, tokens_file, label)
+    try:
+        _wait_until_accepted(host, tokens_file)
+        cmd = _locust_command(cli, host, tokens_file, out, shape, multiplier, seconds, workers, standby_site,
+                              replication_metrics_url, loadtest_config)
+        load = f"at {multiplier:g}x design" if shape == "steady" else "(rates from the shape in the load-test config)"
+        click.echo(f"Locust: {shape} {load} for {duration} against {host} …")
+        started = time.time()
+        _run_locust(cmd, settings.root, out, seconds)
+    finally:
+        if not keep_tokens:
+            from standby.api.auth import revoke_tokens
+            revoked = revoke_tokens(settings.path(settings.auth.tokens_file), label)
+            click.echo(f"revoked the run's {revoked} tokens ({label})")
+    params = {"site": site_id, "host": host, "shape": shape, "multiplier": multiplier, "duration": duration,
+              "workers": workers, "declarants": declarants,
+              "loadtest_config": str(loadtest_config or "config/loadtest.yaml"), "started": datetime.fromtimestamp(
+                  started, timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv)}
+    raise SystemExit(_judge_and_report(cli, out, shape, params))
+
+
+def _primary_url(cli: CliContext, site_id: str) -> str:
+    http = cli.settings.site(site_id).http
     host = f"http://{http.host}:{http.port}"
     try:
         ready = httpx.get(f"{host}/readyz", timeout=3)
@@ -66,18 +95,44 @@ def loadtest(cli: CliContext, site_id: str, multiplier: float, duration: str, sh
         fail(f"site {site_id} is not answering at {host}; start it with `standbyctl serve --site {site_id}`")
     if ready.status_code != 200:
         fail(f"site {site_id} at {host} is not an open primary: {ready.text}")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = out or settings.path(Path("reports") / f"loadtest-{shape}-{multiplier:g}x-{stamp}")
-    out.mkdir(parents=True, exist_ok=True)
-    tokens_file = out / "tokens.json"
-    _issue_tokens(cli, site_id, declarants, tokens_file)
-    time.sleep(1.2)  # the site re-reads its tokens file at most once a second
+    return host
+
+
+def _issue_tokens(cli: CliContext, site_id: str, declarants: int, path: Path, label: str) -> None:
+    from cutover.commands.tokens import issue_many
+
+    ctx = click.get_current_context()
+    ctx.invoke(issue_many, site_id=site_id, declarants=declarants, officers_per_section=2, out=path, label=label)
+
+
+def _wait_until_accepted(host: str, tokens_file: Path, timeout_s: float = 30.0) -> None:
+    """The site reloads its tokens file in the background; wait until it accepts this run's last token."""
+    issued = json.loads(tokens_file.read_text())
+    token = (issued["officers"] or issued["declarants"])[-1]["token"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{host}/v1/site", headers={"Authorization": f"Bearer {token}"}, timeout=3).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            fail(f"the site at {host} did not accept the run's tokens within {timeout_s:.0f} s; "
+                 "is it serving with the same tokens file (config auth.tokens_file)?")
+        time.sleep(0.25)
+
+
+def _locust_command(cli: CliContext, host: str, tokens_file: Path, out: Path, shape: str, multiplier: float,
+                    seconds: int, workers: int, standby_site: str | None, replication_metrics_url: str | None,
+                    loadtest_config: Path | None) -> list[str]:
+    settings = cli.settings
     cmd = [sys.executable, "-m", "locust", "-f", str(settings.path(Path("loadtests/locustfile.py"))), "--headless",
            "--host", host, "--tokens-file", str(tokens_file), "--shape", shape, "--multiplier", str(multiplier),
            "--loadtest-config", str(loadtest_config.resolve() if loadtest_config
                                     else settings.path(Path("config/loadtest.yaml"))),
            "--capacity-config", str(settings.path(settings.reference.capacity)),
-           "-t", f"{seconds}s", "--csv", str(out / "run"), "--csv-full-history", "--only-summary"]
+           "-t", f"{seconds}s", "--csv", str(out / "run"), "--csv-full-history", "--only-summary",
+           "--latency-log", str(out / "run")]
     if workers:
         cmd += ["--processes", str(workers)]
     if standby_site:
@@ -85,22 +140,60 @@ def loadtest(cli: CliContext, site_id: str, multiplier: float, duration: str, sh
         cmd += ["--standby-host", f"http://{s.host}:{s.port}"]
     if replication_metrics_url:
         cmd += ["--replication-metrics-url", replication_metrics_url]
-    load = f"at {multiplier:g}x design" if shape == "steady" else "(rates from the shape in the load-test config)"
-    click.echo(f"Locust: {shape} {load} for {duration} against {host} …")
-    started = time.time()
-    run = subprocess.run(cmd, cwd=settings.root, capture_output=True, text=True, timeout=seconds + 600)
-    (out / "locust.log").write_text(run.stdout + run.stderr)
-    if run.returncode not in (0, 1):  # 1: Locust saw failed requests, which the verdicts judge
-        fail(f"Locust exited with {run.returncode}; see {out / 'locust.log'}")
+    return cmd
+
+
+def _run_locust(cmd: list[str], cwd: Path, out: Path, seconds: int) -> None:
+    """Run Locust with its output in locust.log, printing a progress line every PROGRESS_EVERY_S seconds."""
+    log_path = out / "locust.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + seconds + 600
+        try:
+            while proc.poll() is None:
+                try:
+                    proc.wait(timeout=PROGRESS_EVERY_S)
+                except subprocess.TimeoutExpired:
+                    line = progress_line(out / "run_stats_history.csv")
+                    if line:
+                        click.echo(f"  {line}")
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    fail(f"Locust ran 10 minutes past its duration and was stopped; see {log_path}")
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait(timeout=30)
+            raise
+    if proc.returncode not in (0, 1):  # 1: Locust saw failed requests, which the verdicts judge
+        fail(f"Locust exited with {proc.returncode}; see {log_path}")
+
+
+def progress_line(history_csv: Path) -> str | None:
+    """One line from the newest Aggregated row of Locust's stats history, or None before there is one."""
+    try:
+        with open(history_csv, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("Name") == "Aggregated"]
+    except OSError:
+        return None
+    if not rows:
+        return None
+    r = rows[-1]
+    elapsed = int(r["Timestamp"]) - int(rows[0]["Timestamp"])
+    return (f"t={elapsed}s users={r['User Count']} requests/s={float(r['Requests/s']):.1f} "
+            f"p99={r['99%']} ms failures={r['Total Failure Count']} of {r['Total Request Count']}")
+
+
+def _judge_and_report(cli: CliContext, out: Path, shape: str, params: dict) -> int:
+    from loadtests.capacity import load_capacity
+    from loadtests.report import write_report
+    from loadtests.slo import find_knee, load_slos, overall_exit_code, read_locust_csv, verdicts
+
+    settings = cli.settings
     stats = read_locust_csv(out / "run")
     slos = load_slos(settings.path(Path("config/slo.yaml")))
     judged = verdicts(stats, slos)
     capacity = load_capacity(settings.path(settings.reference.capacity))
     knee = find_knee(stats, slos, design=capacity) if shape == "step" else None
-    params = {"site": site_id, "host": host, "shape": shape, "multiplier": multiplier, "duration": duration,
-              "workers": workers, "declarants": declarants,
-              "loadtest_config": str(loadtest_config or "config/loadtest.yaml"), "started": datetime.fromtimestamp(
-                  started, timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv)}
     report = write_report(stats, judged, knee, params, out)
     for v in judged:
         mark = {True: "PASS", False: "FAIL", None: "not measured"}[v.passed]
@@ -108,11 +201,4 @@ def loadtest(cli: CliContext, site_id: str, multiplier: float, duration: str, sh
     if knee:
         click.echo(f"  knee: {knee.sentence()}")
     click.echo(f"report: {report}")
-    raise SystemExit(overall_exit_code(judged))
-
-
-def _issue_tokens(cli: CliContext, site_id: str, declarants: int, path: Path) -> None:
-    from cutover.commands.tokens import issue_many
-
-    ctx = click.get_current_context()
-    ctx.invoke(issue_many, site_id=site_id, declarants=declarants, officers_per_section=2, out=path)
+    return overall_exit_code(judged)

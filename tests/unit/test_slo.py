@@ -194,3 +194,27 @@ def test_short_plateaus_are_ignored(tmp_path, slos):
     stats = read_locust_csv(write_step_run(tmp_path / "ramp"))
     assert steps_from_history(stats.history, strict) == []
     assert find_knee(stats, strict) is None
+
+
+def test_latency_logs_give_each_plateau_its_exact_p99(tmp_path, slos):
+    """A rolling window's p99 of 140 ms on the third plateau, yet its decisions were all 20 ms but one: with the
+    per-second latency log the plateau holds and the knee moves to the fourth."""
+    from collections import Counter
+
+    from loadtests.latency_log import LatencyLog, log_path
+
+    prefix = write_step_run(tmp_path / "ramp")
+    log = LatencyLog([("DECISION", "green")])
+    for second in range(1, 21):  # plateaus are seconds 1-5, 6-10, 11-15, 16-20 after t0
+        for i in range(100):
+            ms = 250 if second == 18 and i < 5 else 20
+            ms = 140 if second == 12 and i == 0 else ms
+            log.record("DECISION", "green", ms, ts=1_700_000_000 + second + 0.5)
+    log.write(log_path(str(prefix), pid=7))
+    stats = read_locust_csv(prefix)
+    assert stats.latency[("DECISION", "green")][1_700_000_012] == Counter({20: 99, 140: 1})
+    steps = steps_from_history(stats.history, slos, latency=stats.latency)
+    assert [s.green_p99_ms for s in steps] == [20, 20, 20, 250]
+    assert [s.lag_p99_ms for s in steps] == [200, 200, 200, 200]  # no lag in the log: the history stands in
+    knee = find_knee(stats, slos)
+    assert knee.first_bad.users == 40 and knee.last_good.users == 30
