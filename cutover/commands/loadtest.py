@@ -14,6 +14,7 @@ import click
 import httpx
 
 from cutover.context import CliContext, fail, pass_cli
+from standby.api.auth import revoke_tokens
 
 DURATION = re.compile(r"^(\d+)(s|m|h)$")
 PROGRESS_EVERY_S = 30
@@ -61,14 +62,16 @@ def loadtest(cli: CliContext, site_id: str, multiplier: float, duration: str, sh
     cli.check_site(site_id)
     seconds = _seconds(duration)
     host = _primary_url(cli, site_id)
+    standby_host = _site_url(cli, standby_site) if standby_site else None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = out or settings.path(Path("reports") / f"loadtest-{shape}-{multiplier:g}x-{stamp}")
     out.mkdir(parents=True, exist_ok=True)
     tokens_file, label = out / "tokens.json", f"loadtest-{stamp}"
     _issue_tokens(cli, site_id, declarants, tokens_file, label)
     try:
-        _wait_until_accepted(host, tokens_file)
-        cmd = _locust_command(cli, host, tokens_file, out, shape, multiplier, seconds, workers, standby_site,
+        for url in filter(None, (host, standby_host)):
+            _wait_until_accepted(url, tokens_file)
+        cmd = _locust_command(cli, host, tokens_file, out, shape, multiplier, seconds, workers, standby_host,
                               replication_metrics_url, loadtest_config)
         load = f"at {multiplier:g}x design" if shape == "steady" else "(rates from the shape in the load-test config)"
         click.echo(f"Locust: {shape} {load} for {duration} against {host} …")
@@ -76,7 +79,6 @@ def loadtest(cli: CliContext, site_id: str, multiplier: float, duration: str, sh
         _run_locust(cmd, settings.root, out, seconds)
     finally:
         if not keep_tokens:
-            from standby.api.auth import revoke_tokens
             revoked = revoke_tokens(settings.path(settings.auth.tokens_file), label)
             click.echo(f"revoked the run's {revoked} tokens ({label})")
     params = {"site": site_id, "host": host, "shape": shape, "multiplier": multiplier, "duration": duration,
@@ -86,9 +88,14 @@ def loadtest(cli: CliContext, site_id: str, multiplier: float, duration: str, sh
     raise SystemExit(_judge_and_report(cli, out, shape, params))
 
 
-def _primary_url(cli: CliContext, site_id: str) -> str:
+def _site_url(cli: CliContext, site_id: str) -> str:
+    cli.check_site(site_id)
     http = cli.settings.site(site_id).http
-    host = f"http://{http.host}:{http.port}"
+    return f"http://{http.host}:{http.port}"
+
+
+def _primary_url(cli: CliContext, site_id: str) -> str:
+    host = _site_url(cli, site_id)
     try:
         ready = httpx.get(f"{host}/readyz", timeout=3)
     except httpx.HTTPError:
@@ -106,7 +113,8 @@ def _issue_tokens(cli: CliContext, site_id: str, declarants: int, path: Path, la
 
 
 def _wait_until_accepted(host: str, tokens_file: Path, timeout_s: float = 30.0) -> None:
-    """The site reloads its tokens file in the background; wait until it accepts this run's last token."""
+    """A site reloads its tokens file in the background; wait until it accepts this run's last token (a standby
+    too: its read-only clients use the same tokens)."""
     issued = json.loads(tokens_file.read_text())
     token = (issued["officers"] or issued["declarants"])[-1]["token"]
     deadline = time.monotonic() + timeout_s
@@ -123,7 +131,7 @@ def _wait_until_accepted(host: str, tokens_file: Path, timeout_s: float = 30.0) 
 
 
 def _locust_command(cli: CliContext, host: str, tokens_file: Path, out: Path, shape: str, multiplier: float,
-                    seconds: int, workers: int, standby_site: str | None, replication_metrics_url: str | None,
+                    seconds: int, workers: int, standby_host: str | None, replication_metrics_url: str | None,
                     loadtest_config: Path | None) -> list[str]:
     settings = cli.settings
     cmd = [sys.executable, "-m", "locust", "-f", str(settings.path(Path("loadtests/locustfile.py"))), "--headless",
@@ -135,9 +143,8 @@ def _locust_command(cli: CliContext, host: str, tokens_file: Path, out: Path, sh
            "--latency-log", str(out / "run")]
     if workers:
         cmd += ["--processes", str(workers)]
-    if standby_site:
-        s = settings.site(standby_site).http
-        cmd += ["--standby-host", f"http://{s.host}:{s.port}"]
+    if standby_host:
+        cmd += ["--standby-host", standby_host]
     if replication_metrics_url:
         cmd += ["--replication-metrics-url", replication_metrics_url]
     return cmd
