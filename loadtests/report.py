@@ -4,7 +4,8 @@ the knee, the run's parameters and plots over time; the plots are also written a
     python -m loadtests.report PREFIX [--slo config/slo.yaml] [--out DIR] [--multiplier 3] [--steps 1x,2x,3x]
                                       [--capacity config/capacity.yaml] [--require-all]
 
-reads Locust's PREFIX_stats.csv / PREFIX_stats_history.csv, prints a verdict per SLO and exits 1 when one fails.
+reads Locust's PREFIX_stats.csv / PREFIX_stats_history.csv (and PREFIX_latency.*.csv), prints a verdict per SLO and
+exits 1 when one fails; with --steps (a step ramp) it exits 1 only when even the first step broke an SLO.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from loadtests.slo import (AGGREGATED, DECISION, LAG, MEASUREMENT_TYPES, Knee, RunStats, Verdict, _fmt,
-                           find_knee, freeze_events, load_slos, overall_exit_code, read_locust_csv, verdicts)
+from loadtests.slo import (AGGREGATED, DECISION, LAG, MEASUREMENT_TYPES, Knee, RunStats, Step, Verdict, _fmt,
+                           describe_step, find_knee, freeze_events, load_slos, overall_exit_code, read_locust_csv,
+                           steps_from_history, verdicts)
 
 PLOTS = ("throughput", "latency", "error_rate", "replication_lag")
 
@@ -38,6 +40,12 @@ def verdict_line(results: Sequence[Verdict], params: dict) -> str:
         names = ", ".join(v.name for v in unmeasured)
         return f"PASS: {len(met)} of {len(results)} SLOs met{where}; not measured: {names}"
     return f"PASS: all {len(results)} SLOs met{where}"
+
+
+def knee_exit_code(knee: Knee | None) -> int:
+    """A step ramp goes past the knee on purpose, so its whole-run verdicts are not its outcome: it fails (1) only
+    when even the first plateau broke an SLO, i.e. there is no load at which the site held."""
+    return 1 if knee is not None and knee.last_good is None else 0
 
 
 def knee_sentence(knee: Knee | None, stats: RunStats) -> str:
@@ -88,10 +96,13 @@ def _markers(stats: RunStats, params: dict) -> list[tuple[float, str, str]]:
     return out
 
 
-def _draw(plt, name: str, title: str, ylabel: str, s: dict, lines, slo: float | None, markers, path: Path) -> None:
+def _draw(plt, name: str, title: str, ylabel: str, s: dict, lines, slo: float | None, markers, path: Path,
+          plateaus: Sequence[tuple[float, float, float]] = ()) -> None:
     fig, ax = plt.subplots(figsize=(9, 3.2), dpi=100)
     for key, label, style in lines:
         ax.plot(s["t"], s[key], style, label=label, linewidth=1.5)
+    for i, (x0, x1, y) in enumerate(plateaus):
+        ax.hlines(y, x0, x1, colors="#111", linewidth=2.5, label="p99 per load step" if i == 0 else None)
     if slo is not None:
         ax.axhline(slo, color="#c0392b", linestyle="--", linewidth=1.2, label=f"SLO {slo:g}")
     for x, label, kind in markers:
@@ -109,7 +120,8 @@ def _draw(plt, name: str, title: str, ylabel: str, s: dict, lines, slo: float | 
     plt.close(fig)
 
 
-def write_plots(stats: RunStats, slos_targets: dict, params: dict, out_dir: Path) -> dict[str, Path]:
+def write_plots(stats: RunStats, slos_targets: dict, params: dict, out_dir: Path,
+                steps: Sequence[Step] = ()) -> dict[str, Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -120,7 +132,7 @@ def write_plots(stats: RunStats, slos_targets: dict, params: dict, out_dir: Path
     specs = {
         "throughput": ("Throughput", "per second", s, [("rps", "requests/s", "-"), ("dps", "green decisions/s", "-")],
                        None),
-        "latency": ("Green-lane decision latency", "ms", s,
+        "latency": ("Green-lane decision latency (lines: Locust's rolling 10 s window)", "ms", s,
                     [("p50", "p50", "-"), ("p95", "p95", "-"), ("p99", "p99", "-")],
                     slos_targets.get("green_decision_p99_ms")),
         "error_rate": ("Error rate", "% of requests", err_pct, [("err", "errors", "-")],
@@ -129,10 +141,12 @@ def write_plots(stats: RunStats, slos_targets: dict, params: dict, out_dir: Path
                             [("lag50", "p50", "-"), ("lag99", "p99", "-"), ("lagmax", "max", "-")],
                             slos_targets.get("replication_lag_p99_ms")),
     }
+    t0 = stats.start_ts or 0
+    plateaus = [(st.start_ts - t0, st.end_ts - t0, st.green_p99_ms) for st in steps if st.green_p99_ms is not None]
     paths = {}
     for name, (title, ylabel, data, lines, slo) in specs.items():
         path = out_dir / f"{name}.png"
-        _draw(plt, name, title, ylabel, data, lines, slo, markers, path)
+        _draw(plt, name, title, ylabel, data, lines, slo, markers, path, plateaus if name == "latency" else ())
         paths[name] = path
     return paths
 
@@ -152,21 +166,47 @@ def _row_class(v: Verdict) -> str:
     return "pass" if v.passed else ("fail" if v.passed is False else "nm")
 
 
+def _table(table_id: str, headers: Sequence[str], rows: Sequence[tuple[str, Sequence[str], str]]) -> str:
+    """An HTML table; each row is (css class, cells, verdict cell), all plain text (escaped here)."""
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    body = "".join(f"<tr class='{cls}'>" + "".join(f"<td>{e(c)}</td>" for c in cells) + f"<td class='v'>{e(v)}</td>"
+                   + "</tr>" for cls, cells, v in rows)
+    return f'<table id="{table_id}"><tr>{head}</tr>{body}</table>'
+
+
+def _steps_table(steps: Sequence[Step]) -> str:
+    return _table("steps", ("load step", "s", "green p99", "errors", "lag p99", "SLOs"), [
+        ("fail" if st.broken else "pass",
+         (describe_step(st), f"{st.seconds:.0f}", _ms(st.green_p99_ms),
+          "" if st.error_rate is None else f"{st.error_rate * 100:.2f}%", _ms(st.lag_p99_ms)),
+         "broke: " + ", ".join(b[0] for b in st.broken) if st.broken else "held") for st in steps])
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:,.0f} ms"
+
+
 def write_report(stats: RunStats, results: Sequence[Verdict], knee: Knee | None, params: dict,
-                 out_dir: Path | str) -> Path:
-    """Write out_dir/report.html (self-contained: PNGs embedded) and the PNGs beside it; return the HTML path."""
+                 out_dir: Path | str, steps: Sequence[Step] = ()) -> Path:
+    """Write out_dir/report.html (self-contained: PNGs embedded) and the PNGs beside it; return the HTML path.
+    With `steps` (a step ramp) the headline is the knee and each load step gets a row with its exact p99s; the
+    whole-run SLO table stays, marked as such (the ramp goes past the knee on purpose)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = {v.name: v.target for v in results}
-    pngs = write_plots(stats, targets, params, out_dir) if stats.history else {}
-    line = verdict_line(results, params)
-    cls = "fail" if line.startswith("FAIL") else ("nm" if any(v.passed is None for v in results) else "pass")
+    pngs = write_plots(stats, targets, params, out_dir, steps) if stats.history else {}
+    if steps:
+        line = knee_sentence(knee, stats)
+        cls = "fail" if knee_exit_code(knee) else "pass"
+    else:
+        line = verdict_line(results, params)
+        cls = "fail" if line.startswith("FAIL") else ("nm" if any(v.passed is None for v in results) else "pass")
     e = html.escape
-    table = "".join(
-        f"<tr class='{_row_class(v)}'><td>{e(v.name)}</td><td>{e(_fmt(v.target, v.unit))}</td>"
-        f"<td>{e(_fmt(v.measured, v.unit)) if v.measured is not None else 'not measured'}</td>"
-        f"<td class='v'>{'PASS' if v.passed else ('FAIL' if v.passed is False else 'NOT MEASURED')}</td>"
-        f"<td>{e(v.note)}</td></tr>" for v in results)
+    table = _table("slo-table", ("SLO", "target", "measured", "note", "verdict"), [
+        (_row_class(v), (v.name, _fmt(v.target, v.unit),
+                         _fmt(v.measured, v.unit) if v.measured is not None else "not measured", v.note),
+         "PASS" if v.passed else ("FAIL" if v.passed is False else "NOT MEASURED")) for v in results])
     shown = {k: v for k, v in params.items() if k != "markers" and v is not None}
     shown.update({"locust prefix": stats.prefix, "client requests": stats.requests, "failures": stats.failures})
     if stats.history:
@@ -183,7 +223,8 @@ def write_report(stats: RunStats, results: Sequence[Verdict], knee: Knee | None,
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>Capacity report</title><style>{_CSS}</style></head>
 <body><h1>Capacity load test report</h1>
 <div class="verdict {cls}" id="verdict">{e(line)}</div>
-<h2>SLOs</h2><table id="slo-table"><tr><th>SLO</th><th>target</th><th>measured</th><th>verdict</th><th>note</th></tr>{table}</table>
+<h2>{'Load steps' if steps else 'SLOs'}</h2>{_steps_table(steps) if steps else ''}
+{'<h3>SLOs over the whole ramp (past the knee on purpose)</h3>' if steps else ''}{table}
 <h2>Knee of the curve</h2><p class="knee" id="knee">{e(knee_sentence(knee, stats))}</p>
 <h2>Plots</h2>{imgs}
 <h2>Events</h2><ul>{mlist or '<li>none</li>'}</ul>
@@ -218,16 +259,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     results = verdicts(stats, slos)
-    knee = find_knee(stats, slos, a.steps.split(",") if a.steps else None, design)
+    labels = a.steps.split(",") if a.steps else None
+    knee = find_knee(stats, slos, labels, design)
+    steps = steps_from_history(stats.history, slos, labels, design, stats.latency) if labels else ()
     params = {"multiplier": a.multiplier, "slo file": a.slo, "markers": markers}
-    path = write_report(stats, results, knee, params, Path(a.out) if a.out else Path(f"{a.prefix}_report"))
+    path = write_report(stats, results, knee, params, Path(a.out) if a.out else Path(f"{a.prefix}_report"), steps)
     for v in results:
         status = "PASS" if v.passed else ("FAIL" if v.passed is False else "NOT MEASURED")
         print(f"{status:12} {v.name:24} {v.note}")
     print(verdict_line(results, params))
     print(knee_sentence(knee, stats))
     print(f"report: {path}")
-    return overall_exit_code(results, require_all=a.require_all)
+    return knee_exit_code(knee) if steps else overall_exit_code(results, require_all=a.require_all)
 
 
 if __name__ == "__main__":

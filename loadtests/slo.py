@@ -348,8 +348,8 @@ def steps_from_history(history: Sequence[HistoryRow], slos: Slos, step_labels: S
     """Group history by user-count plateau (consecutive seconds at one user count > 0, at least knee.min_step_s long)
     and compute each plateau's achieved rate, green p99, error rate, lag p99 and longest freeze.
 
-    A plateau spans the seconds after the previous plateau's end up to its own end (so the ramp onto it counts).
-    With `latency` (the per-second histograms) its p99s are exact over that span; without, the worst of Locust's
+    A plateau's figures cover its own seconds only: the ramp onto it, where the user count still changes, forms
+    short runs that belong to no plateau. With `latency` (the per-second histograms) its p99s are exact over that span; without, the worst of Locust's
     rolling 10 s p99s inside the plateau stands in, which overstates the p99 of a long plateau.
 
     design: a loadtests.capacity.DesignCapacity; with it, declarations/s = requests/s / requests_per_declaration

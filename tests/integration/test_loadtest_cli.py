@@ -95,3 +95,19 @@ def test_the_spike_over_two_locust_worker_processes(site, tmp_path):
     log = (out / "locust.log").read_text()
     assert "spike" in log.lower() or "Shape test updating to" in log, log[-3000:]
     assert len(list(out.glob("run_latency.*.csv"))) >= 2, "each Locust worker writes its own latency log"
+
+
+def test_a_step_ramp_reports_each_step_and_the_knee(site, tmp_path):
+    profile = _profile(tmp_path, step={"start_multiplier": 1, "step": 2, "step_s": 9, "max_multiplier": 5,
+                                       "ramp_s": 2})
+    done, out = _loadtest(site, tmp_path, "--shape", "step", "--duration", "27s", "--loadtest-config", str(profile))
+    tail = f"\nstdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
+    steps = re.findall(r"^  step (\d+\.\d)x design .*: green p99 (\d+(?:\.\d+)?) ms — (held|broke)", done.stdout,
+                       re.MULTILINE)
+    assert len(steps) == 3, tail
+    assert [float(m) for m, _, _ in steps] == sorted(float(m) for m, _, _ in steps), tail  # the load climbs
+    knee = re.search(r"^  (Knee: SLOs held up to .*|Knee below the first step.*|No knee: .*)$", done.stdout,
+                     re.MULTILINE)
+    assert knee, tail
+    assert done.returncode == (1 if knee.group(1).startswith("Knee below") else 0), tail
+    assert 'id="steps"' in (out / "report.html").read_text(encoding="utf-8")

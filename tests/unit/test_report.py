@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from loadtests.report import PLOTS, main, write_report
-from loadtests.slo import find_knee, load_slos, read_locust_csv, verdicts
+from loadtests.slo import find_knee, load_slos, read_locust_csv, steps_from_history, verdicts
 from tests.unit.test_slo import FIXTURE, SLO_YAML, write_step_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -66,3 +66,23 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert main([str(ok), "--slo", str(SLO_YAML), "--out", str(tmp_path / "b")]) == 0
     assert main([str(ok), "--slo", str(SLO_YAML), "--out", str(tmp_path / "c"), "--require-all"]) == 1
     assert main([str(tmp_path / "missing"), "--slo", str(SLO_YAML)]) == 2
+
+
+def test_a_step_ramp_leads_with_the_knee_and_a_row_per_step(tmp_path, capsys):
+    slos = load_slos(SLO_YAML)
+    labels = ["1x", "2x", "3x", "4x"]
+    stats = read_locust_csv(write_step_run(tmp_path / "ramp", p99s=(40, 60, 140, 200)))
+    steps = steps_from_history(stats.history, slos, labels)
+    knee = find_knee(stats, slos, labels)
+    doc = write_report(stats, verdicts(stats, slos), knee, {"shape": "step"}, tmp_path / "r", steps).read_text()
+    headline = re.search(r'<div class="verdict (\w+)" id="verdict">([^<]*)</div>', doc)
+    assert headline.group(1) == "pass" and headline.group(2).startswith("Knee: SLOs held up to 2.0x design")
+    assert 'id="steps"' in doc and doc.count("<td class='v'>held</td>") == 2
+    assert doc.count("<td class='v'>broke: green_decision_p99_ms</td>") == 2
+    assert "SLOs over the whole ramp (past the knee on purpose)" in doc
+    # the command line: a ramp that found its knee above the first step succeeds; one broken from the start fails
+    ramp = str(tmp_path / "ramp")
+    assert main([ramp, "--slo", str(SLO_YAML), "--out", str(tmp_path / "a"), "--steps", ",".join(labels)]) == 0
+    bad = str(write_step_run(tmp_path / "bad", p99s=(150, 160, 170, 180)))
+    assert main([bad, "--slo", str(SLO_YAML), "--out", str(tmp_path / "b"), "--steps", ",".join(labels)]) == 1
+    assert "Knee below the first step" in capsys.readouterr().out
