@@ -70,12 +70,12 @@ def test_steady_schedule(profile, capacity):
 
 def test_step_schedule_climbs_to_the_maximum(profile, capacity):
     stages = lp.step_schedule(profile, capacity)
-    assert [s.label for s in stages] == [f"step {m}x" for m in range(1, 13)]
-    assert all(s.duration_s == 120 for s in stages)
+    assert [s.label for s in stages] == [f"step {m}x" for m in range(2, 25, 2)]
+    assert all(s.duration_s == 60 for s in stages)
     users = [s.users for s in stages]
     assert users == sorted(users) and len(set(users)) == len(users)
-    assert lp.stage_at(stages, 0) is stages[0] and lp.stage_at(stages, 121) is stages[1]
-    assert lp.stage_at(stages, 12 * 120) is None
+    assert lp.stage_at(stages, 0) is stages[0] and lp.stage_at(stages, 61) is stages[1]
+    assert lp.stage_at(stages, 12 * 60) is None
 
 
 def test_spike_rate_is_derived_from_the_first_day_after_cutover(profile, capacity):
