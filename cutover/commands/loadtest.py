@@ -213,7 +213,7 @@ def _judge_and_report(cli: CliContext, out: Path, shape: str, params: dict) -> i
         click.echo("  whole run (past the knee on purpose):")
     for v in judged:
         mark = {True: "PASS", False: "FAIL", None: "not measured"}[v.passed]
-        click.echo(f"  {mark:<12} {v.name}: {v.measured} (target {v.target})" + (f" — {v.note}" if v.note else ""))
+        click.echo(f"  {mark:<12} {v.name}: {v.note}")
     for st in steps:
         held = "broke " + ", ".join(b[0] for b in st.broken) if st.broken else "held"
         click.echo(f"  step {describe_step(st)}: green p99 {st.green_p99_ms} ms — {held}")
