@@ -49,14 +49,33 @@ class SiteServices:
     control_ttl_s: float = 0.25
     _control: SiteControl | None = None
     _control_at: float = float("-inf")
+    _rereading: asyncio.Task | None = None
 
-    def control(self) -> SiteControl | None:
-        now = time.monotonic()
-        if now - self._control_at > self.control_ttl_s:
-            self._control, self._control_at = read_control(self.read_engine, self.site_id), now
-            if self._control:
-                self.metrics.show_control(self._control.role, self._control.intake_state, self._control.epoch)
+    async def current_control(self) -> SiteControl | None:
+        """The site's control row, re-read when older than control_ttl_s. A stale row is re-read in a worker thread, never on the loop, so a slow
+        database does not stall intake. Callers arriving while that read is in flight get the previous row, which
+        is safe because the intake worker re-checks the row inside its own transaction; only the very first call
+        waits for the read (and sees its error, if any)."""
+        if time.monotonic() - self._control_at <= self.control_ttl_s:
+            return self._control
+        if self._rereading is None or self._rereading.done():
+            self._rereading = asyncio.create_task(self._reread())
+        if self._control is None:
+            await asyncio.shield(self._rereading)
         return self._control
+
+    async def _reread(self) -> None:
+        try:
+            self._keep(await asyncio.to_thread(read_control, self.read_engine, self.site_id))
+        except Exception:
+            if self._control is None:
+                raise  # the caller waiting for the first read gets the error
+            # otherwise the previous row stands and the next call after the TTL tries again
+
+    def _keep(self, control: SiteControl | None) -> None:
+        self._control, self._control_at = control, time.monotonic()
+        if control:
+            self.metrics.show_control(control.role, control.intake_state, control.epoch)
 
 
 async def _noop() -> None:
@@ -113,7 +132,7 @@ def _routes(app: FastAPI, s: SiteServices) -> None:
     anyone = _auth(s)
 
     async def carry_out(op: Op, principal: Principal, key: str, payload: dict, office: str) -> JSONResponse:
-        control = s.control()
+        control = await s.current_control()
         if control is None:
             raise ApiError(503, "site_uninitialised", f"site {s.site_id} has no control row; run standbyctl db upgrade")
         if control.role is not SiteRole.PRIMARY:
@@ -208,7 +227,7 @@ def _routes(app: FastAPI, s: SiteServices) -> None:
 
     @app.get("/v1/site", tags=["operations"], summary="The site's role, epoch and intake state")
     async def site(_principal: Principal = Depends(anyone)):
-        return _control_body(s)
+        return _control_body(s, await s.current_control())
 
     @app.get("/healthz", tags=["operations"], summary="The process is up")
     async def healthz():
@@ -216,18 +235,17 @@ def _routes(app: FastAPI, s: SiteServices) -> None:
 
     @app.get("/readyz", tags=["operations"], summary="Ready for writes: an open primary (503 otherwise)")
     async def readyz():
-        body = _control_body(s)
+        body = _control_body(s, await s.current_control())
         ready = body.get("role") == SiteRole.PRIMARY.value and body.get("intake_state") == IntakeState.OPEN.value
         return JSONResponse({**body, "ready": ready}, 200 if ready else 503)
 
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     async def metrics():
-        s.control()
+        await s.current_control()
         return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _control_body(s: SiteServices) -> dict:
-    c = s.control()
+def _control_body(s: SiteServices, c: SiteControl | None) -> dict:
     if c is None:
         return {"site": s.site_id, "role": None, "intake_state": None, "epoch": None}
     return {"site": c.site_id, "role": c.role.value, "epoch": c.epoch, "intake_state": c.intake_state.value,
