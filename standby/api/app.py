@@ -242,7 +242,16 @@ def _routes(app: FastAPI, s: SiteServices) -> None:
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     async def metrics():
         await s.current_control()
+        backlog = await asyncio.to_thread(_change_log_backlog, s)
+        if backlog is not None:
+            pending, oldest_at = backlog
+            s.metrics.show_change_log(pending, max(0.0, time.time() - oldest_at) if oldest_at else 0.0)
         return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _change_log_backlog(s: SiteServices) -> tuple[int, float | None] | None:
+    with s.read_engine.connect() as conn:
+        return reads.change_log_backlog(conn)
 
 
 def _control_body(s: SiteServices, c: SiteControl | None) -> dict:

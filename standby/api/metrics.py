@@ -32,6 +32,18 @@ class SiteMetrics:
                                   ["site", "state"], registry=r)
         self.role = Gauge("clearance_site_role", "1 for the site's current role", ["site", "role"], registry=r)
         self.epoch = Gauge("clearance_site_epoch", "The epoch the site accepts writes under", ["site"], registry=r)
+        # SQLite capture only (on PostgreSQL the slot's retained WAL is the replicator's metric): what a standby
+        # has not yet acknowledged stays in change_log, and grows without bound if no standby consumes it.
+        self.change_log_pending = Gauge("clearance_change_log_pending_rows",
+                                        "Captured changes no standby has acknowledged yet (SQLite change_log)",
+                                        ["site"], registry=r)
+        self.change_log_oldest = Gauge("clearance_change_log_oldest_seconds",
+                                       "Age of the oldest captured change no standby has acknowledged (0: none)",
+                                       ["site"], registry=r)
+
+    def show_change_log(self, pending_rows: int, oldest_s: float) -> None:
+        self.change_log_pending.labels(self.site_id).set(pending_rows)
+        self.change_log_oldest.labels(self.site_id).set(oldest_s)
 
     def show_control(self, role: SiteRole, state: IntakeState, epoch: int) -> None:
         for s in IntakeState:

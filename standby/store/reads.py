@@ -6,10 +6,10 @@ lines on SQLite; a read is ~40% of the load tests' requests). Contract: every fu
 only reads; none of them commits."""
 from __future__ import annotations
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, func, inspect, select
 
 from standby.domain.states import DeclarationState
-from standby.store.schema import declarations, goods_lines, officers
+from standby.store.schema import change_log, declarations, goods_lines, officers
 
 QUEUE_STATES = (DeclarationState.DOCUMENT_CHECK.value, DeclarationState.INSPECTION.value)
 
@@ -45,3 +45,19 @@ def office_of_officer(conn: Connection, officer_id: str) -> str | None:
 def officer_queue(conn: Connection, officer_id: str, limit: int) -> list[dict]:
     """Declarations waiting for this officer's decision (document check or inspection), oldest registration first."""
     return [dict(r) for r in conn.execute(_QUEUE, {"officer_id": officer_id, "limit": limit}).mappings()]
+
+
+_CHANGE_LOG_HEAD = select(change_log.c.seq, change_log.c.at).order_by(change_log.c.seq).limit(1)
+_CHANGE_LOG_LAST = select(func.max(change_log.c.seq))
+
+
+def change_log_backlog(conn: Connection) -> tuple[int, float | None] | None:
+    """(captured changes not yet acknowledged, commit time of the oldest) from SQLite's change_log, by its primary
+    key only (two index lookups, whatever its size; acknowledged entries are pruned from the front, so the span of
+    sequence numbers is the count, less any rolled-back gaps). None where there is no change_log (PostgreSQL)."""
+    if conn.dialect.name != "sqlite" or not inspect(conn).has_table("change_log"):
+        return None
+    head = conn.execute(_CHANGE_LOG_HEAD).first()
+    if head is None:
+        return 0, None
+    return conn.execute(_CHANGE_LOG_LAST).scalar() - head.seq + 1, head.at

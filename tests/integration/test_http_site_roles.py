@@ -87,6 +87,33 @@ def test_metrics_in_prometheus_text_format(client, served, tariff, enterprises):
     assert total("clearance_site_epoch", site="A") == 1
 
 
+def test_metrics_show_the_changes_no_standby_has_taken(client, served, tariff, enterprises):
+    """No replicator consumes this site, so every change it captured waits in change_log: /metrics says how many
+    and how old the oldest is (what ChangeLogNotConsumed alerts on)."""
+    from sqlalchemy import func, select
+
+    from standby.store.schema import change_log
+
+    tax_code = enterprises[12]
+    token = served.tokens.declarant(tax_code)
+    predeclare(client, token, payload(tariff, tax_code))
+    engine = served.db.engine(writer=False)
+
+    def captured() -> int:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(change_log)).scalar()
+
+    before = captured()
+    text = client.get("/metrics").text
+    after = captured()
+    engine.dispose()
+    samples = {s.name: s for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name.startswith("clearance_change_log_")}
+    assert 0 < before <= samples["clearance_change_log_pending_rows"].value <= after
+    assert samples["clearance_change_log_pending_rows"].labels == {"site": "A"}
+    assert 0 < samples["clearance_change_log_oldest_seconds"].value < 24 * 3600
+
+
 def test_openapi_lists_the_intake_paths(client):
     resp = client.get("/openapi.json")
     assert resp.status_code == 200
