@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +25,10 @@ def _seconds(text: str) -> int:
     match = DURATION.match(text.strip())
     if not match:
         raise click.BadParameter(f"{text!r}: use a number with s, m or h, e.g. 90s, 10m, 1h")
-    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+    seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if seconds < 5:  # Locust reads -t 0s as "no limit"; a shorter run measures nothing
+        raise click.BadParameter(f"{text!r}: a run lasts at least 5s")
+    return seconds
 
 
 @click.command()
@@ -62,6 +66,7 @@ def loadtest(cli: CliContext, site_id: str, multiplier: float, duration: str, sh
     settings = cli.settings
     cli.check_site(site_id)
     seconds = _seconds(duration)
+    _check_config(cli, loadtest_config)
     host = _primary_url(cli, site_id)
     standby_host = _site_url(cli, standby_site) if standby_site else None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -69,6 +74,8 @@ def loadtest(cli: CliContext, site_id: str, multiplier: float, duration: str, sh
     out.mkdir(parents=True, exist_ok=True)
     tokens_file, label = out / "tokens.json", f"loadtest-{stamp}"
     _issue_tokens(cli, site_id, declarants, tokens_file, label)
+    click.echo(f"tokens labelled {label}; if this run is killed, `standbyctl tokens revoke --label {label}`")
+    signal.signal(signal.SIGTERM, _interrupt)  # a polite stop revokes the tokens and stops Locust, as Ctrl-C does
     try:
         for url in filter(None, (host, standby_host)):
             _wait_until_accepted(url, tokens_file)
@@ -89,6 +96,25 @@ def loadtest(cli: CliContext, site_id: str, multiplier: float, duration: str, sh
               "loadtest_config": str(loadtest_config or "config/loadtest.yaml"), "started": datetime.fromtimestamp(
                   started, timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv)}
     raise SystemExit(_judge_and_report(cli, out, shape, params))
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _check_config(cli: CliContext, loadtest_config: Path | None) -> None:
+    """Refuse a broken load profile, SLO file or capacity model before any token is issued or Locust started."""
+    from loadtests.capacity import load_capacity
+    from loadtests.profile import check_against_capacity, load_profile
+    from loadtests.slo import load_slos
+
+    settings = cli.settings
+    try:
+        profile = load_profile(loadtest_config or settings.path(Path("config/loadtest.yaml")))
+        check_against_capacity(profile, load_capacity(settings.path(settings.reference.capacity)))
+        load_slos(settings.path(Path("config/slo.yaml")))
+    except ValueError as exc:
+        fail(str(exc), 2)
 
 
 def _site_url(cli: CliContext, site_id: str) -> str:
@@ -202,7 +228,10 @@ def _judge_and_report(cli: CliContext, out: Path, shape: str, params: dict) -> i
         steps_from_history, verdicts
 
     settings = cli.settings
-    stats = read_locust_csv(out / "run")
+    try:
+        stats = read_locust_csv(out / "run")
+    except ValueError as exc:
+        fail(f"Locust left no usable statistics ({exc}); see {out / 'locust.log'}")
     slos = load_slos(settings.path(Path("config/slo.yaml")))
     judged = verdicts(stats, slos)
     capacity = load_capacity(settings.path(settings.reference.capacity))

@@ -19,6 +19,12 @@ def tokens() -> None:
     """Issue, list and revoke API tokens. The tokens file keeps only SHA-256 hashes."""
 
 
+def _label(_ctx, _param, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("a label needs at least one visible character")
+    return value
+
+
 @tokens.command("issue")
 @click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
 @click.option("--subject", required=True,
@@ -41,7 +47,7 @@ def issue(cli: CliContext, role: str, subject: str) -> None:
 @click.option("--officers-per-section", type=click.IntRange(0, 100), default=2, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="JSON file (mode 0600) with the tokens' texts, for a load generator")
-@click.option("--label", default=None, metavar="TEXT",
+@click.option("--label", default=None, metavar="TEXT", callback=_label,
               help="mark this batch, so `standbyctl tokens revoke --label TEXT` removes it when the run is over")
 @pass_cli
 def issue_many(cli: CliContext, site_id: str, declarants: int, officers_per_section: int, out: Path,
@@ -81,7 +87,7 @@ def list_tokens(cli: CliContext) -> None:
 
 
 @tokens.command("revoke")
-@click.option("--label", required=True, metavar="TEXT", help="the label the batch was issued with")
+@click.option("--label", required=True, metavar="TEXT", callback=_label, help="the label the batch was issued with")
 @pass_cli
 def revoke(cli: CliContext, label: str) -> None:
     """Revoke every token issued with --label (e.g. one load-test run's). A running site refuses them within a
