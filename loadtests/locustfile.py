@@ -77,10 +77,9 @@ def _start_monitors(environment, **_kw) -> None:
 
 
 @events.test_stop.add_listener
-def _stop_monitors(environment, **_kw) -> None:
+def _stop_monitors(**_kw) -> None:
     gevent.killall(_monitors)
     _monitors.clear()
-    _write_latency_log(environment)
 
 
 @events.request.add_listener
@@ -89,7 +88,7 @@ def _count_latency(request_type, name, response_time, **_kw) -> None:
         LATENCY.record(request_type, name, response_time, time.time())
 
 
-@events.quitting.add_listener
+@events.quitting.add_listener  # fired in every process, workers included, after the last request
 def _write_latency_log(environment, **_kw) -> None:
     options = environment.parsed_options
     prefix = (options.latency_log or getattr(options, "csv_prefix", None)) if options else None

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loadtests.slo import (AGGREGATED, DECISION, LAG, MEASUREMENT_TYPES, Knee, RunStats, Step, Verdict, _fmt,
-                           describe_step, find_knee, freeze_events, load_slos, overall_exit_code, read_locust_csv,
+                           describe_step, freeze_events, knee_of, load_slos, overall_exit_code, read_locust_csv,
                            steps_from_history, verdicts)
 
 PLOTS = ("throughput", "latency", "error_rate", "replication_lag")
@@ -260,8 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     results = verdicts(stats, slos)
     labels = a.steps.split(",") if a.steps else None
-    knee = find_knee(stats, slos, labels, design)
-    steps = steps_from_history(stats.history, slos, labels, design, stats.latency) if labels else ()
+    steps = steps_from_history(stats.history, slos, labels, design, stats.latency)
+    knee = knee_of(steps)
+    steps = steps if labels else ()  # the per-step table and the knee headline are for declared ramps
     params = {"multiplier": a.multiplier, "slo file": a.slo, "markers": markers}
     path = write_report(stats, results, knee, params, Path(a.out) if a.out else Path(f"{a.prefix}_report"), steps)
     for v in results:

@@ -435,7 +435,11 @@ def find_knee(history: Sequence[HistoryRow] | RunStats, slos: Slos, step_labels:
     latency = None
     if isinstance(history, RunStats):
         history, latency = history.history, history.latency
-    steps = steps_from_history(history, slos, step_labels, design, latency)
+    return knee_of(steps_from_history(history, slos, step_labels, design, latency))
+
+
+def knee_of(steps: Sequence[Step]) -> Knee | None:
+    """The knee of steps already computed (steps_from_history): the first broken step and the last good before it."""
     last_good: Step | None = None
     for step in steps:
         if step.broken:

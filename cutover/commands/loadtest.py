@@ -64,9 +64,8 @@ def loadtest(cli: CliContext, site_id: str, multiplier: float, duration: str, sh
     issued for the run, labelled loadtest-<time>, and revoked when it ends (unless --keep-tokens).
     Progress (users, requests/s, p99, failures) is printed every 30 s; Locust's own output goes to locust.log."""
     settings = cli.settings
-    cli.check_site(site_id)
     seconds = _seconds(duration)
-    _check_config(cli, loadtest_config)
+    slos, capacity = _check_config(cli, loadtest_config)
     host = _primary_url(cli, site_id)
     standby_host = _site_url(cli, standby_site) if standby_site else None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -89,21 +88,23 @@ def loadtest(cli: CliContext, site_id: str, multiplier: float, duration: str, sh
         if not keep_tokens:
             revoked = revoke_tokens(settings.path(settings.auth.tokens_file), label)
             click.echo(f"revoked the run's {revoked} tokens ({label})")
+    config_name = str(loadtest_config or "config/loadtest.yaml")
     params = {"site": site_id, "host": host, "shape": shape, "duration": duration,
               "multiplier": multiplier if shape == "steady" else None,
-              "load": None if shape == "steady" else f"the {shape} shape of {loadtest_config or 'config/loadtest.yaml'}",
-              "workers": workers, "declarants": declarants,
-              "loadtest_config": str(loadtest_config or "config/loadtest.yaml"), "started": datetime.fromtimestamp(
-                  started, timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv)}
-    raise SystemExit(_judge_and_report(cli, out, shape, params))
+              "load": None if shape == "steady" else f"the {shape} shape of {config_name}",
+              "workers": workers, "declarants": declarants, "loadtest_config": config_name,
+              "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(sys.argv)}
+    raise SystemExit(_judge_and_report(out, shape, params, slos, capacity))
 
 
 def _interrupt(_signum, _frame) -> None:
     raise KeyboardInterrupt
 
 
-def _check_config(cli: CliContext, loadtest_config: Path | None) -> None:
-    """Refuse a broken load profile, SLO file or capacity model before any token is issued or Locust started."""
+def _check_config(cli: CliContext, loadtest_config: Path | None):
+    """The SLOs and the design capacity, after refusing a broken load profile, SLO file or capacity model (exit 2)
+    before any token is issued or Locust started."""
     from loadtests.capacity import load_capacity
     from loadtests.profile import check_against_capacity, load_profile
     from loadtests.slo import load_slos
@@ -111,8 +112,9 @@ def _check_config(cli: CliContext, loadtest_config: Path | None) -> None:
     settings = cli.settings
     try:
         profile = load_profile(loadtest_config or settings.path(Path("config/loadtest.yaml")))
-        check_against_capacity(profile, load_capacity(settings.path(settings.reference.capacity)))
-        load_slos(settings.path(Path("config/slo.yaml")))
+        capacity = load_capacity(settings.path(settings.reference.capacity))
+        check_against_capacity(profile, capacity)
+        return load_slos(settings.path(Path("config/slo.yaml"))), capacity
     except ValueError as exc:
         fail(str(exc), 2)
 
@@ -219,24 +221,20 @@ def progress_line(history_csv: Path) -> str | None:
             f"p99={r['99%']} ms failures={r['Total Failure Count']} of {r['Total Request Count']}")
 
 
-def _judge_and_report(cli: CliContext, out: Path, shape: str, params: dict) -> int:
+def _judge_and_report(out: Path, shape: str, params: dict, slos, capacity) -> int:
     """Verdicts, the report, and the exit code: a failed SLO for steady and spike runs; for a step ramp (which goes
     past the knee on purpose) only a knee below the first step."""
-    from loadtests.capacity import load_capacity
     from loadtests.report import knee_exit_code, knee_sentence, write_report
-    from loadtests.slo import describe_step, find_knee, load_slos, overall_exit_code, read_locust_csv, \
-        steps_from_history, verdicts
+    from loadtests.slo import describe_step, knee_of, overall_exit_code, read_locust_csv, steps_from_history, \
+        verdicts
 
-    settings = cli.settings
     try:
         stats = read_locust_csv(out / "run")
     except ValueError as exc:
         fail(f"Locust left no usable statistics ({exc}); see {out / 'locust.log'}")
-    slos = load_slos(settings.path(Path("config/slo.yaml")))
     judged = verdicts(stats, slos)
-    capacity = load_capacity(settings.path(settings.reference.capacity))
     steps = steps_from_history(stats.history, slos, design=capacity, latency=stats.latency) if shape == "step" else []
-    knee = find_knee(stats, slos, design=capacity) if shape == "step" else None
+    knee = knee_of(steps) if shape == "step" else None
     report = write_report(stats, judged, knee, params, out, steps)
     if steps:
         click.echo("  whole run (past the knee on purpose):")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from standby.domain.states import IntakeState, SiteRole
 from standby.store import reads
 from standby.store.site import SiteControl, read_control
 
+log = logging.getLogger(__name__)
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 OFFICE_CACHE_SIZE = 200_000
 
@@ -52,10 +54,10 @@ class SiteServices:
     _rereading: asyncio.Task | None = None
 
     async def current_control(self) -> SiteControl | None:
-        """The site's control row, re-read when older than control_ttl_s. A stale row is re-read in a worker thread, never on the loop, so a slow
-        database does not stall intake. Callers arriving while that read is in flight get the previous row, which
-        is safe because the intake worker re-checks the row inside its own transaction; only the very first call
-        waits for the read (and sees its error, if any)."""
+        """The site's control row, re-read when older than control_ttl_s, in a worker thread (never on the loop, so
+        a slow database does not stall intake). Callers arriving while that read is in flight get the previous
+        row, which is safe because the intake worker re-checks the row inside its own transaction; only the very
+        first call waits for the read (and sees its error, if any)."""
         if time.monotonic() - self._control_at <= self.control_ttl_s:
             return self._control
         if self._rereading is None or self._rereading.done():
@@ -67,10 +69,11 @@ class SiteServices:
     async def _reread(self) -> None:
         try:
             self._keep(await asyncio.to_thread(read_control, self.read_engine, self.site_id))
-        except Exception:
+        except Exception as exc:
             if self._control is None:
                 raise  # the caller waiting for the first read gets the error
-            # otherwise the previous row stands and the next call after the TTL tries again
+            # the previous row stands and the next call after the TTL tries again
+            log.warning("site %s: re-reading the control row failed, keeping the previous one: %s", self.site_id, exc)
 
     def _keep(self, control: SiteControl | None) -> None:
         self._control, self._control_at = control, time.monotonic()

@@ -6,7 +6,7 @@ lines on SQLite; a read is ~40% of the load tests' requests). Contract: every fu
 only reads; none of them commits."""
 from __future__ import annotations
 
-from sqlalchemy import Connection, bindparam, func, inspect, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from standby.domain.states import DeclarationState
 from standby.store.schema import change_log, declarations, goods_lines, officers
@@ -54,8 +54,9 @@ _CHANGE_LOG_LAST = select(func.max(change_log.c.seq))
 def change_log_backlog(conn: Connection) -> tuple[int, float | None] | None:
     """(captured changes not yet acknowledged, commit time of the oldest) from SQLite's change_log, by its primary
     key only (two index lookups, whatever its size; acknowledged entries are pruned from the front, so the span of
-    sequence numbers is the count, less any rolled-back gaps). None where there is no change_log (PostgreSQL)."""
-    if conn.dialect.name != "sqlite" or not inspect(conn).has_table("change_log"):
+    sequence numbers is the count). None where there is no SQLite change capture (PostgreSQL, or before migration
+    0002): the engine notes it per connection when it connects (store/engine.py)."""
+    if not conn.info.get("capture_txn"):
         return None
     head = conn.execute(_CHANGE_LOG_HEAD).first()
     if head is None:
