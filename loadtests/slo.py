@@ -349,8 +349,9 @@ def steps_from_history(history: Sequence[HistoryRow], slos: Slos, step_labels: S
     and compute each plateau's achieved rate, green p99, error rate, lag p99 and longest freeze.
 
     A plateau's figures cover its own seconds only: the ramp onto it, where the user count still changes, forms
-    short runs that belong to no plateau. With `latency` (the per-second histograms) its p99s are exact over that span; without, the worst of Locust's
-    rolling 10 s p99s inside the plateau stands in, which overstates the p99 of a long plateau.
+    short runs that belong to no plateau. With `latency` (the per-second histograms) its p99s are exact over those
+    seconds; without, the worst of Locust's rolling 10 s p99s inside the plateau stands in, which overstates the
+    p99 of a long plateau.
 
     design: a loadtests.capacity.DesignCapacity; with it, declarations/s = requests/s / requests_per_declaration
     and multiplier = declarations/s / design peak. Without it the multiplier comes from labels such as "2x"."""
