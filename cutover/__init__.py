@@ -1,1 +1,2 @@
-"""Intake gate, runbooks and the operator CLI (`standbyctl`), the composition root."""
+"""The cutover itself: the witness (lease, epoch), the runbook engine and its actions, the front, and later org
+change sets. Builds on `standby` and `replication`; nothing here imports `standbyctl`."""

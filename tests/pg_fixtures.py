@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cutover.pg_cluster import PgCluster, PgClusterError, find_pg_bin
+from standby.store.pg_cluster import PgCluster, PgClusterError, find_pg_bin
 
 MISSING = ("PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found via $PG_BINDIR, "
            "`pg_config --bindir`, PATH or /usr/lib/postgresql/*/bin")

@@ -27,7 +27,8 @@ KILL_AFTER = (300, 900)  # acknowledged declarations before each kill: the kills
 async def _declare_with_retries(client, token, payload, key, seen: Counter) -> dict:
     for _attempt in range(20):
         reply = await client.pre_declare(token, payload, key=key)
-        seen[(reply.status, reply.error_code)] += 1
+        replayed = (reply.headers or {}).get("Idempotent-Replayed") == "true"
+        seen["replayed" if replayed else reply.status] += 1
         if reply.status == 201:
             return reply.body
         assert reply.status == 503, reply.body  # only "try again" refusals are acceptable here
@@ -97,5 +98,6 @@ def test_kill_9_of_workers_under_load_loses_and_doubles_nothing(tmp_path, org, t
     assert keys == DECLARATIONS
     restarts = sum(s.value for m in metrics.worker_restarts.collect() for s in m.samples if s.name.endswith("_total"))
     assert restarts >= 1
-    # The kills were felt: some requests saw a retryable refusal or were replayed after a retry.
-    assert sum(seen.values()) >= DECLARATIONS
+    # The kills were felt by clients: some request got a retryable 503, or was answered from the stored first answer
+    # after its batch committed on a worker that then died (a replay).
+    assert seen[503] + seen["replayed"] > 0, f"no client noticed the kills: {dict(seen)}"

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cutover.cli import main
+from standbyctl.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 

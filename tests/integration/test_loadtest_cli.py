@@ -51,7 +51,7 @@ def _profile(tmp_path: Path, **changes) -> Path:
 
 def _loadtest(site, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
     (db, config), out = site, tmp_path / "report"
-    done = subprocess.run([sys.executable, "-m", "cutover.cli", "--config", str(config), "loadtest",
+    done = subprocess.run([sys.executable, "-m", "standbyctl.cli", "--config", str(config), "loadtest",
                            "--site", db.site_id, "--declarants", "60", "--out", str(out), *args],
                           cwd=REPO, capture_output=True, text=True, timeout=240)
     return done, out

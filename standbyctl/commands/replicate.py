@@ -8,7 +8,7 @@ import time
 import click
 from prometheus_client import start_http_server
 
-from cutover.context import CliContext, fail, open_site_database, pass_cli
+from standbyctl.context import CliContext, fail, open_site_database, pass_cli
 from replication.apply import Applier, apply_engine
 from replication.errors import PermanentApplyError, ReplicationError, SchemaMismatch
 from replication.heartbeat import write_heartbeat

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cutover.context import CliContext, fail, open_site_database, pass_cli, site_option
+from standbyctl.context import CliContext, fail, open_site_database, pass_cli, site_option
 from standby.domain.states import SiteRole
 from standby.ray_runtime import ensure_ray, shutdown_ray
 from standby.site_process import build_site, run_forever

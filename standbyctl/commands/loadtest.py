@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import httpx
 
-from cutover.context import CliContext, fail, pass_cli
+from standbyctl.context import CliContext, fail, pass_cli
 from standby.api.auth import revoke_tokens
 
 DURATION = re.compile(r"^(\d+)(s|m|h)$")
@@ -137,7 +137,7 @@ def _primary_url(cli: CliContext, site_id: str) -> str:
 
 
 def _issue_tokens(cli: CliContext, site_id: str, declarants: int, path: Path, label: str) -> None:
-    from cutover.commands.tokens import issue_many
+    from standbyctl.commands.tokens import issue_many
 
     ctx = click.get_current_context()
     ctx.invoke(issue_many, site_id=site_id, declarants=declarants, officers_per_section=2, out=path, label=label)

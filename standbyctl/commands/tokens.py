@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 
-from cutover.context import CliContext, fail, open_site_database, pass_cli
+from standbyctl.context import CliContext, fail, open_site_database, pass_cli
 from standby.api.auth import issue_token, issue_tokens, read_tokens_file, revoke_tokens
 from standby.clearance.commands import Role
 from standby.store.schema import enterprises, officers

@@ -10,8 +10,8 @@ import uuid
 import click
 from sqlalchemy import select
 
-from cutover.context import CliContext, pass_cli
-from cutover.demo import Cast, DemoStats, run_traffic
+from standbyctl.context import CliContext, pass_cli
+from standbyctl.demo import Cast, DemoStats, run_traffic
 from loadtests.client import SiteClient
 from standby.api.auth import TokenEntry, TokenRegistry, token_digest
 from standby.clearance.commands import Role

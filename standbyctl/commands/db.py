@@ -6,7 +6,7 @@ import time
 import click
 from sqlalchemy.exc import OperationalError
 
-from cutover.context import CliContext, fail, open_site_database, pass_cli, site_option
+from standbyctl.context import CliContext, fail, open_site_database, pass_cli, site_option
 from standby.domain.risk import load_risk_rules
 from standby.domain.states import SiteRole
 from standby.domain.tariff import load_tariff

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cutover.context import CliContext, fail, pass_cli
+from standbyctl.context import CliContext, fail, pass_cli
 from loadtests.capacity import load_capacity
 
 DEFAULT_MULTIPLIERS = "1,3,10,30,60,100,150,200,300,400,600"
@@ -38,7 +38,7 @@ def intake(cli: CliContext, multipliers: str, step_seconds: float, modes: str, w
     """Drive one fresh site's HTTP API at rising open-loop rates until it saturates; report sustained throughput
     and decision latency (p50/p95/p99) with Ray workers and with the same pipelines in-process, and the bare
     pipeline's rate, so Ray's overhead is a measured ratio."""
-    from cutover.bench_intake import main_run
+    from standbyctl.bench_intake import main_run
 
     settings = cli.settings
     capacity = load_capacity(settings.path(settings.reference.capacity))
@@ -102,7 +102,7 @@ def replication(cli: CliContext, declarations: int, partitions: int, window: int
     """Catch-up apply rate (row changes/s) from a backlog of over a million row changes, SQLite → SQLite and
     PostgreSQL → PostgreSQL beside PostgreSQL's native logical replication on the same workload, and the replication
     delay p50/p99 while intake runs at 3x design. Uses its own databases under var/bench/replication."""
-    from cutover.bench_replication import (Pair, catch_up, close, lag_under_intake, make_backlog,
+    from standbyctl.bench_replication import (Pair, catch_up, close, lag_under_intake, make_backlog,
                                            native_catch_up, percentile, pg_clusters, set_up, sqlite_pair)
     from standby.domain.risk import load_risk_rules
     from standby.domain.tariff import load_tariff

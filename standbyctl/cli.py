@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from cutover.commands import bench, db, demo, loadtest, replicate, serve, status, tokens
-from cutover.context import CliContext
+from standbyctl.commands import bench, db, demo, loadtest, replicate, serve, status, tokens
+from standbyctl.context import CliContext
 
 DEFAULT_CONFIG = Path("config/standby.yaml")
 

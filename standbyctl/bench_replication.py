@@ -165,7 +165,7 @@ def sqlite_pair(workdir: Path, org, tariff, rules) -> Pair:
 
 def pg_clusters(log: Log):
     """Two throwaway clusters (primary with wal_level=logical, standby), the settings the tests use."""
-    from cutover.pg_cluster import PgCluster
+    from standby.store.pg_cluster import PgCluster
 
     clusters = [PgCluster(name=n).start() for n in ("bench-primary", "bench-standby")]
     log(f"  clusters on ports {clusters[0].port} and {clusters[1].port}")

@@ -82,7 +82,7 @@ def prepare(base: Settings, workdir: Path, port: int, workers: int, enterprises_
 
 
 def start_server(site: BenchSite, in_process: bool, logfile: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "cutover.cli", "--config", str(site.config), "serve", "--site", "A"]
+    cmd = [sys.executable, "-m", "standbyctl.cli", "--config", str(site.config), "serve", "--site", "A"]
     if in_process:
         cmd.append("--in-process")
     out = logfile.open("w")

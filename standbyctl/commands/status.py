@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from cutover.context import CliContext, pass_cli
+from standbyctl.context import CliContext, pass_cli
 from standby.store.engine import make_engine
 from standby.store.migrate import current_revision
 from standby.store.schema import declarations, enterprises, replication_state
