@@ -51,6 +51,22 @@ class AuthSettings(_Strict):
     tokens_file: Path = Field(Path("var/tokens.yaml"), description="hashed bearer tokens; never in the repo")
 
 
+class FrontSettings(_Strict):
+    """The front: one address for clients that forwards to the primary the witness names and holds writes while
+    there is none (standbyctl front)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8400, ge=1, le=65535)
+    hold_max_s: float = Field(10.0, gt=0, le=600,
+                              description="a write held longer than this gets 503 front_held_too_long")
+    hold_max_requests: int = Field(5000, ge=1, le=1_000_000,
+                                   description="writes held at once; more get 503 front_hold_full")
+    witness_poll_ms: float = Field(50.0, ge=5, le=10_000,
+                                   description="how often the front asks the witness who is primary")
+    forward_timeout_s: float = Field(30.0, gt=0, le=600,
+                                     description="one forwarded request slower than this gets 504")
+
+
 class Settings(_Strict):
     """Everything a site process needs. Relative paths are resolved against `root`."""
 
@@ -63,6 +79,7 @@ class Settings(_Strict):
     limits: LimitSettings = LimitSettings()
     reference: ReferenceSettings = ReferenceSettings()
     auth: AuthSettings = AuthSettings()
+    front: FrontSettings = FrontSettings()
 
     @field_validator("sites")
     @classmethod
