@@ -20,10 +20,11 @@ from standby.clearance.numbers import NumberAllocator
 from standby.clearance.reference_cache import ReferenceCache
 from standby.domain.errors import DomainError
 from standby.domain.risk import RiskRules
-from standby.domain.states import IntakeState, SiteRole
 from standby.domain.tariff import Tariff
 from standby.store.engine import is_sqlite
-from standby.store.schema import idempotency_keys, site_control
+from standby.intake_gate import HOLD_CODE, GateDecision, decide
+from standby.store.schema import idempotency_keys
+from standby.store.site import lock_control_for_batch
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ class ClearancePipeline:
 
     Contract: `process` returns one Outcome per command, in order. Accepted commands commit together with their
     idempotency records; a refused command writes nothing but its idempotency record; a command whose
-    (principal, idempotency key) was seen before returns the stored first answer and writes nothing. If the site is
-    not an open primary every command is refused. Transient store errors are retried; if they persist,
+    (principal, idempotency key) was seen before returns the stored first answer and writes nothing. If the intake
+    gate does not admit (`standby.intake_gate.decide` on the control row read in the transaction), every command is
+    answered with the gate's code and nothing is written; a frozen site's answer satisfies `is_hold`. Transient store errors are retried; if they persist,
     StoreUnavailable is raised and nothing was written."""
 
     def __init__(self, engine: Engine, site_id: str, site_digit: int, tariff: Tariff, rules: RiskRules,
@@ -86,10 +88,12 @@ class ClearancePipeline:
 
     def _in_transaction(self, conn: Connection, commands: Sequence[Command]) -> list[Outcome]:
         now = self.clock()
-        control = conn.execute(select(site_control).where(site_control.c.site_id == self.site_id)).mappings().first()
-        gate = _gate_refusal(self.site_id, control)
-        if gate:
-            return [gate] * len(commands)
+        # First statement of the transaction: on PostgreSQL the row is taken FOR SHARE until commit, so a freeze
+        # waits for this batch and no batch that read "open" commits after the freeze (see store.site.freeze).
+        control = lock_control_for_batch(conn, self.site_id)
+        gate = decide(self.site_id, control)
+        if not gate.admitted:
+            return [gate_outcome(gate)] * len(commands)
         self.numbers.reserve(conn, sum(1 for c in commands if c.op is Op.PRE_DECLARE))
         stored = self._stored_answers(conn, commands)
         writes = BatchWrites()
@@ -101,7 +105,7 @@ class ClearancePipeline:
         )
         ctx = HandlerContext(conn=conn, writes=writes, tariff=self.tariff, rules=self.rules,
                              offices=self.reference.offices(), officers=self.reference.officers,
-                             next_number=self.numbers.next, site_id=self.site_id, epoch=control["epoch"], now=now)
+                             next_number=self.numbers.next, site_id=self.site_id, epoch=control.epoch, now=now)
         outcomes = []
         for cmd in commands:
             outcomes.append(self._one(ctx, cmd, stored))
@@ -144,14 +148,13 @@ class ClearancePipeline:
         return answers
 
 
-def _gate_refusal(site_id: str, control) -> Outcome | None:
-    if control is None:
-        return refused(503, "site_uninitialised", f"site {site_id} has no control row; run `standbyctl db upgrade`")
-    if control["role"] != SiteRole.PRIMARY.value:
-        primary = control["primary_site"] or "unknown"
-        return refused(503, "not_primary", f"site {site_id} is a standby and refuses writes; the primary is site {primary}")
-    if control["intake_state"] == IntakeState.FENCED.value:
-        return refused(503, "fenced", f"site {site_id} is fenced at epoch {control['epoch']}; another site is primary")
-    if control["intake_state"] != IntakeState.OPEN.value:
-        return refused(503, "intake_frozen", f"site {site_id} has intake {control['intake_state']} for a cutover; retry")
-    return None
+def gate_outcome(gate: GateDecision) -> Outcome:
+    """The answer to a command the gate did not admit. A HOLD keeps its code (`intake_gate.HOLD_CODE`), so the API
+    recognises it with `is_hold` and holds the command rather than answering. Nothing was written for it, not even
+    its idempotency record, so resubmitting the same command later is safe."""
+    return refused(gate.status, gate.code, gate.message)
+
+
+def is_hold(outcome: Outcome) -> bool:
+    """Whether a worker's answer is the gate's HOLD (intake was frozen inside the batch's transaction)."""
+    return outcome.status == 503 and outcome.body.get("error", {}).get("code") == HOLD_CODE

@@ -41,3 +41,13 @@ class IllegalTransition(DomainError):
         )
         self.current = current
         self.event = event
+
+
+class StaleEpoch(DomainError):
+    """A move made under an epoch that the row's epoch does not allow: older than the row's, or not the one the
+    caller expected. `current_epoch` is the row's, `epoch` the one given."""
+
+    def __init__(self, message: str, *, current_epoch: int, epoch: int, code: str = "stale_epoch"):
+        super().__init__(code, message, status=409)
+        self.current_epoch = current_epoch
+        self.epoch = epoch

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from standby.domain.errors import IllegalTransition
+from standby.domain.errors import IllegalTransition, StaleEpoch
 
 
 class Kind(str, Enum):
@@ -97,14 +97,64 @@ class IntakeState(str, Enum):
     FENCED = "fenced"
 
 
-INTAKE_TRANSITIONS: dict[IntakeState, frozenset[IntakeState]] = {
-    IntakeState.OPEN: frozenset({IntakeState.FROZEN, IntakeState.FENCED}),
-    IntakeState.FROZEN: frozenset({IntakeState.OPEN, IntakeState.FENCED}),
-    IntakeState.FENCED: frozenset({IntakeState.OPEN}),  # only together with a new epoch
+class EpochRule(str, Enum):
+    """What a transition asks of the epoch it is made under, compared with the row's epoch.
+
+    SAME: the caller names the epoch it expects the row to be at (a freeze or resume by the current primary's
+    runbook); NEWER: the caller brings a newer epoch from the witness (fencing, promotion)."""
+
+    SAME = "same"
+    NEWER = "newer"
+
+
+_I, _R = IntakeState, EpochRule
+INTAKE_TRANSITIONS: dict[tuple[IntakeState, IntakeState], frozenset[EpochRule]] = {
+    (_I.OPEN, _I.FROZEN): frozenset({_R.SAME, _R.NEWER}),  # a freeze; or a standby promoted, held until resume
+    (_I.FROZEN, _I.OPEN): frozenset({_R.SAME}),  # resume after a freeze
+    (_I.OPEN, _I.FENCED): frozenset({_R.NEWER}),  # another site was promoted
+    (_I.FROZEN, _I.FENCED): frozenset({_R.NEWER}),
+    (_I.FENCED, _I.FROZEN): frozenset({_R.NEWER}),  # a fenced site promoted again (held until resume)
+    (_I.FENCED, _I.OPEN): frozenset({_R.NEWER}),
+}
+
+ROLE_TRANSITIONS: dict[tuple[SiteRole, SiteRole], EpochRule] = {
+    (SiteRole.STANDBY, SiteRole.PRIMARY): EpochRule.NEWER,  # promotion
+    (SiteRole.PRIMARY, SiteRole.STANDBY): EpochRule.NEWER,  # fenced by a newer primary
 }
 
 
-def next_intake_state(current: IntakeState, target: IntakeState) -> IntakeState:
-    if target not in INTAKE_TRANSITIONS[current]:
+def epoch_rule(current_epoch: int, epoch: int) -> EpochRule | None:
+    """Which rule a move from `current_epoch` to `epoch` satisfies: SAME, NEWER, or None for an older epoch."""
+    if epoch == current_epoch:
+        return EpochRule.SAME
+    return EpochRule.NEWER if epoch > current_epoch else None
+
+
+def next_intake_state(current: IntakeState, target: IntakeState, *, current_epoch: int, epoch: int) -> IntakeState:
+    """The intake state after moving from `current` (at `current_epoch`) to `target` under `epoch`.
+
+    Raises IllegalTransition for a move the table does not list, and StaleEpoch when the move is listed but not
+    under this epoch (an older epoch, a same-epoch move that needs a newer one, or a newer one for a same-epoch move)."""
+    allowed = INTAKE_TRANSITIONS.get((current, target))
+    if allowed is None:
         raise IllegalTransition("intake", current, target)
+    _check_epoch("intake", current, target, allowed, current_epoch, epoch)
     return target
+
+
+def next_role(current: SiteRole, target: SiteRole, *, current_epoch: int, epoch: int) -> SiteRole:
+    """The role after moving from `current` to `target` under `epoch`; the same errors as next_intake_state."""
+    rule = ROLE_TRANSITIONS.get((current, target))
+    if rule is None:
+        raise IllegalTransition("role", current, target)
+    _check_epoch("role", current, target, frozenset({rule}), current_epoch, epoch)
+    return target
+
+
+def _check_epoch(what: str, current, target, allowed: frozenset[EpochRule], current_epoch: int, epoch: int) -> None:
+    if epoch_rule(current_epoch, epoch) not in allowed:
+        wording = {EpochRule.SAME: f"the same epoch ({current_epoch})",
+                   EpochRule.NEWER: f"an epoch newer than {current_epoch}"}
+        needs = " or ".join(wording[r] for r in sorted(allowed, key=lambda r: r.value))
+        raise StaleEpoch(f"{what} {current.value} -> {target.value} needs {needs}, not epoch {epoch}",
+                         current_epoch=current_epoch, epoch=epoch)

@@ -43,6 +43,13 @@ site_control = Table(
     Column("intake_state", String(16), nullable=False),
     Column("primary_site", String(8)),
     Column("updated_at", Float, nullable=False),
+    # The current freeze (NULL when intake is not frozen): when it began and how long and how many writes the API
+    # may hold meanwhile.
+    Column("frozen_at", Float),
+    Column("hold_s", Float),
+    Column("hold_max", Integer),
+    # The witness epoch that fenced this site (NULL if never fenced); `epoch` stays the one it was promoted under.
+    Column("fenced_epoch", BigInteger),
     CheckConstraint("role IN ('primary', 'standby')", name="role"),
     CheckConstraint("intake_state IN ('open', 'frozen', 'fenced')", name="intake_state"),
 )

@@ -1,0 +1,81 @@
+"""The intake gate: one pure decision, from a site's control row, on whether a write is admitted, held or refused.
+
+Used by the API before a write is submitted, by the clearance pipeline inside the batch's transaction, and by
+`/readyz`, so the three never disagree. No I/O here: the callers read the row (and the witness's epoch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from standby.domain.states import IntakeState, SiteRole
+
+HOLD_CODE = "intake_frozen"
+RETRY_AFTER_S = 1
+
+
+class Admission(str, Enum):
+    ADMIT = "admit"  # carry the write out now
+    HOLD = "hold"  # park the write until intake opens (bounded by the freeze's hold_s and hold_max)
+    REFUSE = "refuse"  # answer at once with `status`, `code` and `message`
+
+
+class ControlRow(Protocol):
+    """What the gate reads of a control row (`standby.store.site.SiteControl` has it)."""
+
+    role: SiteRole
+    epoch: int
+    intake_state: IntakeState
+    primary_site: str | None
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The gate's answer. For ADMIT, code and message are empty and status 200; for HOLD and REFUSE, status is the
+    HTTP status to answer with if the write is not (or no longer) held, `retry_after_s` what to send as
+    Retry-After, and `primary_site` the site that takes writes, when known."""
+
+    admission: Admission
+    code: str = ""
+    message: str = ""
+    status: int = 200
+    primary_site: str | None = None
+    retry_after_s: int | None = None
+
+    @property
+    def admitted(self) -> bool:
+        return self.admission is Admission.ADMIT
+
+    @property
+    def held(self) -> bool:
+        return self.admission is Admission.HOLD
+
+
+def decide(site_id: str, control: ControlRow | None, *, authority_epoch: int | None = None) -> GateDecision:
+    """Admit, hold or refuse a write at `site_id` given its control row.
+
+    In order: no row → REFUSE site_uninitialised; a standby → REFUSE not_primary (naming the primary); intake
+    fenced → REFUSE fenced; `authority_epoch` (the witness's current epoch, when known) newer than the row's →
+    REFUSE stale_epoch; intake frozen → HOLD intake_frozen; otherwise ADMIT. Every refusal is a 503 with
+    Retry-After, because another site (or this one, later) may take the write."""
+    if control is None:
+        return _refuse("site_uninitialised", f"site {site_id} has no control row; run `standbyctl db upgrade`", None)
+    primary = control.primary_site
+    if control.role is not SiteRole.PRIMARY:
+        return _refuse("not_primary", f"site {site_id} is a standby and refuses writes; the primary is site "
+                                      f"{primary or 'unknown'}", primary)
+    if control.intake_state is IntakeState.FENCED:
+        return _refuse("fenced", f"site {site_id} is fenced at epoch {control.epoch}; another site is primary",
+                       primary if primary != site_id else None)
+    if authority_epoch is not None and authority_epoch > control.epoch:
+        return _refuse("stale_epoch", f"site {site_id} was promoted at epoch {control.epoch} but the witness is at "
+                                      f"epoch {authority_epoch}; another site is primary", None)
+    if control.intake_state is IntakeState.FROZEN:
+        return GateDecision(Admission.HOLD, HOLD_CODE, f"site {site_id} has intake frozen for a cutover; retry",
+                            503, primary, RETRY_AFTER_S)
+    return GateDecision(Admission.ADMIT, primary_site=primary)
+
+
+def _refuse(code: str, message: str, primary: str | None) -> GateDecision:
+    return GateDecision(Admission.REFUSE, code, message, 503, primary, RETRY_AFTER_S)
