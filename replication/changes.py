@@ -48,13 +48,21 @@ class ChangeSource(Protocol):
     - `snapshot()` returns (position, tables): a consistent copy of every replicated table and the position it is
       consistent with, so streaming from that position has no gap. Rows changed after the position may also be in
       the copy (PostgreSQL); replay is idempotent, so that converges.
-    - `head()` is the newest committed position (for lag in position). `close()` releases connections."""
+    - `committed()` is the position of the newest committed transaction that carries replicated rows, numbered as
+      `read` numbers it: the position a standby that has applied everything committed so far has reached (its
+      applied position is the position of the last change it applied). A caught-up standby reaches it without any
+      further commit. Use it for "has the standby applied everything?" (replication.progress owns that question).
+    - `head()` is the source's newest position of any kind (SQLite: the change log's counter; PostgreSQL: the WAL
+      write position, which also counts WAL of other tables), for lag in positions only: a caught-up standby may
+      stay below it. `close()` releases connections."""
 
     def read(self, after: int, limit: int) -> list[Change]: ...
 
     def acknowledge(self, position: int) -> None: ...
 
     def snapshot(self) -> tuple[int, list[SnapshotTable]]: ...
+
+    def committed(self) -> int: ...
 
     def head(self) -> int: ...
 

@@ -15,7 +15,9 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 from replication.apply import Applier, ApplyResult
 from replication.changes import Change, ChangeSource
 from replication.errors import SourceUnavailable, TargetUnavailable
+from replication.heartbeat import SourceRetired
 from replication.metrics import ReplicationMetrics
+from replication.progress import caught_up
 
 log = logging.getLogger(__name__)
 DECLARATION_KEYS = ("base", "declaration_base")
@@ -42,6 +44,25 @@ def windows_by_partition(changes: list[Change], partitions: int, positions: dict
     return {p: (share, upto) for p, share in shares.items()}
 
 
+@dataclass(frozen=True)
+class StreamFinished:
+    """What `Replicator.run` returns when its source stopped being primary and the standby has everything the
+    source committed: the stream has ended for good (a later stream between the sites is prepared anew)."""
+
+    stream: str
+    retired: SourceRetired
+    position: int
+
+    def describe(self) -> str:
+        return f"{self.retired.describe()}; stream {self.stream} finished at position {self.position}"
+
+
+def stream_done(retired: SourceRetired | None, applied: int, committed: Callable[[], int]) -> bool:
+    """Pure decision (the committed position is only asked once the source has retired): a stream ends when its
+    source no longer takes writes and the standby has applied the last thing it committed."""
+    return retired is not None and caught_up(applied, committed())
+
+
 @dataclass
 class ReplicatorOptions:
     stream: str
@@ -58,15 +79,22 @@ class Replicator:
     """Contract: `run(stop)` keeps the standby's tables equal to the primary's, minus the lag, until `stop` is set;
     it returns after the current window is applied or abandoned whole (positions are stored with the rows, so the
     next start resumes exactly). Transient failures are retried with capped exponential backoff; a permanent one
-    raises PermanentApplyError naming the change, and nothing after it is applied."""
+    raises PermanentApplyError naming the change, and nothing after it is applied.
+
+    `heartbeat(now)` writes the source's heartbeat and returns None, or SourceRetired when the source's control row
+    no longer says serving primary (nothing written). From then on no beat is attempted, and `run` returns a
+    StreamFinished (also kept in `self.finished`) as soon as the standby has applied the source's committed
+    position; `run` returns None when stopped by `stop`. Without a heartbeat the source's role is never checked."""
 
     def __init__(self, source: ChangeSource, pool, applier: Applier, options: ReplicatorOptions,
-                 metrics: ReplicationMetrics, heartbeat: Callable[[float], None] | None = None,
+                 metrics: ReplicationMetrics, heartbeat: Callable[[float], SourceRetired | None] | None = None,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
         self.source, self.pool, self.applier, self.o, self.metrics = source, pool, applier, options, metrics
         self.heartbeat, self.clock, self.sleep = heartbeat, clock, sleep
         self.positions: dict[int, int] = {}
         self.delays: list[float] | None = None  # set to a list to keep every change's commit-to-apply delay
+        self.retired: SourceRetired | None = None
+        self.finished: StreamFinished | None = None
         self._last_heartbeat = float("-inf")
         self._last_slot_check = float("-inf")
         self._newest_commit_at: float | None = None
@@ -139,16 +167,25 @@ class Replicator:
     def close(self) -> None:
         self._reader.shutdown(wait=True, cancel_futures=True)
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event) -> StreamFinished | None:
+        """Stream until `stop` is set (None) or the source has retired and everything it committed is applied."""
         while not stop.is_set():
-            for attempt in Retrying(retry=retry_if_exception_type((SourceUnavailable, TargetUnavailable)),
-                                    wait=wait_exponential(multiplier=0.1, max=5.0),
-                                    stop=stop_after_delay(self.o.give_up_after_s), reraise=True,
-                                    before_sleep=self._note_retry):
-                with attempt:
-                    applied = self.step()
+            applied = self._retrying(self.step)
             if not applied:
+                if self._retrying(lambda: stream_done(self.retired, self.applied_position, self.source.committed)):
+                    self.finished = StreamFinished(self.o.stream, self.retired, self.applied_position)
+                    log.info("%s", self.finished.describe())
+                    return self.finished
                 stop.wait(self.o.idle_sleep_s)
+        return None
+
+    def _retrying(self, call: Callable):
+        for attempt in Retrying(retry=retry_if_exception_type((SourceUnavailable, TargetUnavailable)),
+                                wait=wait_exponential(multiplier=0.1, max=5.0),
+                                stop=stop_after_delay(self.o.give_up_after_s), reraise=True,
+                                before_sleep=self._note_retry):
+            with attempt:
+                return call()
 
     def _note_retry(self, state) -> None:
         kind = type(state.outcome.exception()).__name__
@@ -158,9 +195,12 @@ class Replicator:
 
     def _beat(self) -> None:
         now = self.clock()
-        if self.heartbeat and now - self._last_heartbeat >= self.o.heartbeat_interval_s:
-            self.heartbeat(now)
+        if self.heartbeat and self.retired is None and now - self._last_heartbeat >= self.o.heartbeat_interval_s:
+            self.retired = self.heartbeat(now)
             self._last_heartbeat = now
+            if self.retired is not None:
+                log.info("stream %s: %s; applying what it committed, then finishing", self.o.stream,
+                         self.retired.describe())
 
     def _show_lag(self, caught_up: bool) -> None:
         now = self.clock()

@@ -9,8 +9,23 @@ from replication.errors import SchemaMismatch
 from standby.store.migrate import current_revision
 
 
+STREAM_JOIN = "-to-"
+
+
 def stream_name(source_site: str, target_site: str) -> str:
-    return f"{source_site}-to-{target_site}"
+    """The one name of the stream from `source_site` to `target_site` ("A-to-B"): the key of its positions in the
+    target's replication_state and the label of its metrics. Site ids must not contain "-to-"."""
+    if STREAM_JOIN in source_site or STREAM_JOIN in target_site or not source_site or not target_site:
+        raise ValueError(f"site ids {source_site!r} and {target_site!r} cannot name a stream")
+    return f"{source_site}{STREAM_JOIN}{target_site}"
+
+
+def stream_sites(stream: str) -> tuple[str, str]:
+    """(source site, target site) of a name made by `stream_name`."""
+    parts = stream.split(STREAM_JOIN)
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"{stream!r} is not a stream name (SOURCE{STREAM_JOIN}TARGET)")
+    return parts[0], parts[1]
 
 
 def slot_name(source_site: str, target_site: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import OperationalError
 
 from replication.changes import REPLICATED_TABLES, Change, ChangeOp, SnapshotTable
@@ -45,7 +45,19 @@ class SqliteChangeSource:
         except OperationalError as exc:
             raise SourceUnavailable(f"cannot prune the change log at {self.url}: {exc.orig}") from exc
 
+    def committed(self) -> int:
+        """The newest logged change of a replicated table (what `read` delivers last); with none left in the log
+        (everything acknowledged, hence applied), the log's counter, which an applied stream has reached."""
+        try:
+            with self._reader.connect() as conn:
+                newest = conn.execute(select(func.max(change_log.c.seq))
+                                      .where(change_log.c.table_name.in_(self.tables))).scalar()
+                return newest if newest is not None else _head(conn)
+        except OperationalError as exc:
+            raise SourceUnavailable(f"cannot read the change log at {self.url}: {exc.orig}") from exc
+
     def head(self) -> int:
+        """The change log's counter: the newest position ever logged (lag in positions; see `committed`)."""
         with self._reader.connect() as conn:
             return _head(conn)
 

@@ -14,9 +14,10 @@ from loadtests.capacity import DesignCapacity
 from replication.apply import Applier, apply_engine
 from replication.heartbeat import write_heartbeat
 from replication.metrics import ReplicationMetrics
+from replication.progress import committed_position, wait_until_applied
 from replication.ray_runtime import ApplyPool
 from replication.replicator import Replicator, ReplicatorOptions
-from replication.sources import open_source
+from replication.sources import open_source, stream_name
 from standby.clearance.commands import Command, Op, Principal, Role
 from standby.clearance.pipeline import ClearancePipeline
 from standby.domain.risk import RiskRules
@@ -57,9 +58,10 @@ def set_up(pair: Pair, enterprises_count: int, partitions: int, window: int,
     pair.pool = ApplyPool(pair.standby_url, partitions)
     pair.pool.start()
     primary = make_engine(pair.primary_url)
+    stream = stream_name("A", "B")
     pair.replicator = Replicator(source, pair.pool, Applier(apply_engine(pair.standby_url)),
-                                 ReplicatorOptions("A-to-B", partitions, window, read_ahead=read_ahead),
-                                 ReplicationMetrics("A-to-B"),
+                                 ReplicatorOptions(stream, partitions, window, read_ahead=read_ahead),
+                                 ReplicationMetrics(stream),
                                  heartbeat=lambda now: write_heartbeat(primary, "A", now))
     pair.replicator.start()
     pair.replicator.source.acknowledge(pair.replicator.applied_position)
@@ -84,15 +86,24 @@ def backlog_rows(url: str) -> int:
     return count_rows(url, declarations) + count_rows(url, goods_lines)
 
 
-def catch_up(pair: Pair, log: Log) -> float:
-    """Apply the whole backlog; returns seconds."""
-    replicator, target = pair.replicator, pair.replicator.source.head()
-    started, last = time.perf_counter(), time.perf_counter()
-    while replicator.applied_position < target:
+def catch_up(pair: Pair, log: Log, timeout_s: float = 3600.0) -> float:
+    """Apply the whole backlog (up to the primary's committed position when called, replication.progress's
+    notion); returns seconds."""
+    replicator = pair.replicator
+    target = committed_position(replicator.source)
+    started, last = time.perf_counter(), [time.perf_counter()]
+    standby = make_engine(pair.standby_url, writer=False)
+
+    def step(_pause: float) -> None:  # between looks at the standby, apply the next window
         replicator.step()
-        if time.perf_counter() - last > 5:
+        if time.perf_counter() - last[0] > 5:
             log(f"    applied up to {replicator.applied_position:,} of {target:,}")
-            last = time.perf_counter()
+            last[0] = time.perf_counter()
+    try:
+        wait_until_applied(replicator.source, standby, replicator.o.stream, target=target, timeout_s=timeout_s,
+                           sleep=step)
+    finally:
+        standby.dispose()
     return time.perf_counter() - started
 
 

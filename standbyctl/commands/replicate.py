@@ -13,9 +13,11 @@ from replication.apply import Applier, apply_engine
 from replication.errors import PermanentApplyError, ReplicationError, SchemaMismatch
 from replication.heartbeat import write_heartbeat
 from replication.metrics import ReplicationMetrics
+from replication.progress import NotCaughtUp, applied_position, wait_until_applied
 from replication.ray_runtime import ApplyPool
 from replication.replicator import Replicator, ReplicatorOptions
 from replication.sources import check_revisions, open_source, stream_name
+from replication.streams import retire_stream
 from replication.verify import verify as verify_tables
 from standby.domain.states import SiteRole
 from standby.ray_runtime import ensure_ray, shutdown_ray
@@ -41,7 +43,9 @@ def replicate(cli: CliContext, source_site: str, target_site: str, partitions: i
     """Keep TARGET a copy of SOURCE: an initial snapshot, then every committed change in commit order, exactly once.
 
     Runs until SIGTERM or Ctrl-C (it finishes the window in hand and stops cleanly; the next start resumes from the
-    positions stored with the rows). On PostgreSQL it creates a logical replication slot on the primary: while the
+    positions stored with the rows), or until SOURCE is no longer primary (fenced by a switchover) and TARGET has
+    everything it committed: then the stream is finished and retired (slot dropped, positions forgotten) and the
+    command exits 0. A stream prepared without a snapshot (the reverse of a switchover) resumes from its positions. On PostgreSQL it creates a logical replication slot on the primary: while the
     slot is not consumed the primary keeps its WAL (see replication_slot_retained_wal_bytes)."""
     if source_site == target_site:
         fail("--from and --to must be different sites", 2)
@@ -76,12 +80,15 @@ def replicate(cli: CliContext, source_site: str, target_site: str, partitions: i
             click.echo(f"\nsnapshot copied; streaming from position {replicator.applied_position}")
         else:
             click.echo(f"resuming stream {stream} from position {replicator.applied_position}")
-        if once:
-            while replicator.step():
-                pass
+        if once:  # each look at the standby that finds it behind steps the stream once more
+            wait_until_applied(source, standby, stream, timeout_s=replicator.o.give_up_after_s,
+                               sleep=lambda _s: replicator.step())
         else:
             _report_while(replicator, metrics, stop)
-            replicator.run(stop)
+            if replicator.run(stop) is not None:
+                retire_stream(settings.database_url(source_site), settings.database_url(target_site), stream)
+                click.echo(f"{replicator.finished.describe()}; the stream is retired")
+                return
         click.echo(f"stopped at position {replicator.applied_position} "
                    f"({int(metrics.changes_applied._value.get()):,} changes applied this run)")
     except PermanentApplyError as exc:
@@ -163,26 +170,20 @@ def verify(cli: CliContext, primary_site: str, standby_site: str, chunk_rows: in
 
 
 def _settle(cli: CliContext, primary_site: str, standby_site: str, standby, timeout_s: float):
-    """Wait until the standby's stream from the primary has applied the primary's position as of the call."""
-    from sqlalchemy import func, select
-
-    from standby.store.schema import replication_state
-
-    def applied() -> int | None:
-        with standby.connect() as conn:
-            return conn.execute(select(func.min(replication_state.c.position)).where(
-                replication_state.c.stream == stream_name(primary_site, standby_site))).scalar()
+    """Wait until the standby's stream from the primary has applied the primary's committed position as of the
+    call; if it does not in time, verify reports what still differs."""
+    stream = stream_name(primary_site, standby_site)
 
     def settle() -> None:
-        if applied() is None:
+        if applied_position(standby, stream) is None:
             return  # no stream into this standby: nothing to wait for
         source = open_source(cli.settings.database_url(primary_site), primary_site, standby_site)
         try:
-            target, deadline = source.head(), time.monotonic() + timeout_s
+            wait_until_applied(source, standby, stream, timeout_s=timeout_s)
+        except NotCaughtUp:
+            pass
         finally:
             source.close()
-        while (applied() or 0) < target and time.monotonic() < deadline:
-            time.sleep(0.1)
     return settle
 
 

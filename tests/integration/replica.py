@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from replication.apply import Applier, apply_engine
 from replication.heartbeat import write_heartbeat
 from replication.metrics import ReplicationMetrics
+from replication.progress import wait_until_applied
 from replication.ray_runtime import ApplyPool
 from replication.replicator import Replicator, ReplicatorOptions
-from replication.sources import open_source
+from replication.sources import open_source, stream_name
 from replication.verify import verify
 from standby.clearance.commands import Command, Op
 from standby.clearance.pipeline import ClearancePipeline
@@ -34,26 +35,37 @@ class Stream:
     standby_url: str
     partitions: int = 2
     window: int = 2000
-    stream: str = "A-to-B"
+    source_site: str = "A"
+    target_site: str = "B"
     replicator: Replicator | None = None
     pool: ApplyPool | None = None
+    source = None
+    primary = None
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def stream(self) -> str:
+        return stream_name(self.source_site, self.target_site)
+
     def open(self) -> Replicator:
-        self.source = open_source(self.primary_url, "A", "B")
+        self.source = open_source(self.primary_url, self.source_site, self.target_site)
         self.pool = ApplyPool(self.standby_url, self.partitions)
         self.pool.start()
         self.primary = make_engine(self.primary_url)
         self.replicator = Replicator(self.source, self.pool, Applier(apply_engine(self.standby_url)),
                                      ReplicatorOptions(self.stream, self.partitions, self.window),
                                      ReplicationMetrics(self.stream),
-                                     heartbeat=lambda now: write_heartbeat(self.primary, "A", now))
+                                     heartbeat=lambda now: write_heartbeat(self.primary, self.source_site, now))
         return self.replicator
 
     def run_in_background(self) -> None:
         self._stop.clear()
-        self._thread = threading.Thread(target=self.replicator.run, args=(self._stop,), daemon=True)
+        self.result = None
+
+        def run() -> None:
+            self.result = self.replicator.run(self._stop)
+        self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -61,18 +73,21 @@ class Stream:
         if self._thread:
             self._thread.join(timeout=60)
 
-    def catch_up(self, timeout_s: float = 60.0) -> None:
-        """Wait until the standby has applied everything the primary had committed when this was called."""
-        target = self.source.head()
-        deadline = time.monotonic() + timeout_s
-        while self.replicator.applied_position < target:
+    def catch_up(self, timeout_s: float = 60.0) -> int:
+        """Wait until the standby has applied everything the primary had committed when this was called (the
+        replicator's thread does the work, or, without one, each wait steps the replicator here)."""
+        def between_looks(pause: float) -> None:
             if self._thread is None:
                 self.replicator.step()
             elif not self._thread.is_alive():
                 raise AssertionError("the replicator stopped")
             else:
-                time.sleep(0.02)
-            assert time.monotonic() < deadline, f"not caught up: {self.replicator.applied_position} < {target}"
+                time.sleep(pause)
+        standby = make_engine(self.standby_url, writer=False)
+        try:
+            return wait_until_applied(self.source, standby, self.stream, timeout_s=timeout_s, sleep=between_looks)
+        finally:
+            standby.dispose()
 
     def verify(self, chunk_rows: int = 2000):
         primary, standby = make_engine(self.primary_url, writer=False), make_engine(self.standby_url, writer=False)
@@ -88,8 +103,10 @@ class Stream:
             self.replicator.close()
         if self.pool:
             self.pool.stop()
-        self.source.close()
-        self.primary.dispose()
+        if self.source is not None:
+            self.source.close()
+        if self.primary is not None:
+            self.primary.dispose()
 
 
 class Intake:
