@@ -1,11 +1,15 @@
 """standbyctl db … and standbyctl seed."""
 from __future__ import annotations
 
+import getpass
 import time
 
 import click
 from sqlalchemy.exc import OperationalError
 
+from cutover.witness import AuditRecord, Witness, WitnessState, WitnessUnavailable
+from cutover.witness.roles import InitialRole, KeepExisting, Refusal, initial_role
+from standbyctl.commands.witness import open_settings_witness
 from standbyctl.context import CliContext, fail, open_site_database, pass_cli, site_option
 from standby.domain.risk import load_risk_rules
 from standby.domain.states import SiteRole
@@ -15,7 +19,14 @@ from standby.store.engine import make_engine
 from standby.store.migrate import current_revision, head_revision, upgrade
 from standby.store.seed import seed as run_seed
 from standby.store.retention import count_older_than, prune_idempotency
-from standby.store.site import init_site
+from standby.store.site import SiteControl, init_site, read_control
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in this environment; the audit still needs a name
+        return "unknown"
 
 
 @click.group()
@@ -26,28 +37,113 @@ def db() -> None:
 @db.command("upgrade")
 @site_option
 @click.option("--role", type=click.Choice([r.value for r in SiteRole]), default=None,
-              help="role written to a NEW database's control row (default: primary for the first site in the "
-                   "settings, standby for the others); an existing row is never changed here — use a runbook")
+              help="for a NEW database: `primary` for the first site (it initialises the witness at epoch 1); "
+                   "without it the site becomes a standby of the witness's primary. An existing control row is "
+                   "never changed here: roles change through a runbook")
+@click.option("--operator", default=_os_user, show_default="your OS user name",
+              help="who is acting, for the witness's audit")
 @pass_cli
-def db_upgrade(cli: CliContext, site_id: str, role: str | None) -> None:
-    """Migrate SITE's database to the newest schema and create its control row if it has none."""
+def db_upgrade(cli: CliContext, site_id: str, role: str | None, operator: str) -> None:
+    """Migrate SITE's database to the newest schema and create its control row if it has none.
+
+    The role and epoch come from the witness (settings: witness_url), never from the order of sites."""
     cli.check_site(site_id)
     settings = cli.settings
     url = settings.database_url(site_id)
+    witness = open_settings_witness(settings, create=True)
+    try:
+        _upgrade_with_witness(witness, url, site_id, SiteRole(role) if role else None, operator)
+    except WitnessUnavailable as exc:
+        fail(str(exc), 1)
+    finally:
+        witness.close()
+
+
+def _upgrade_with_witness(witness: Witness, url: str, site_id: str, requested: SiteRole | None,
+                          operator: str) -> None:
+    started = time.monotonic()
+    audit = _auditor(witness, operator, site_id, requested, started)
+    existing = _existing_control(url, site_id)
+    decision = _decide(site_id, requested, witness.state(), existing)
+    if isinstance(decision, Refusal):
+        audit("refused", reason=decision.reason)
+        fail(decision.reason, 2)
     _ensure_parent(url)
     try:
         upgrade(url)
     except OperationalError as exc:
         fail(f"cannot migrate site {site_id}'s database ({_safe(url)}): {exc.orig}")
     engine = make_engine(url)
-    first = next(iter(settings.sites))
-    wanted = SiteRole(role) if role else (SiteRole.PRIMARY if site_id == first else SiteRole.STANDBY)
-    control = init_site(engine, site_id, wanted, primary_site=first)
-    click.echo(f"site {site_id}: schema at {current_revision(engine)}; role {control.role.value}, "
-               f"epoch {control.epoch}, intake {control.intake_state.value}")
-    if role and control.role.value != role:
-        click.secho(f"note: the existing control row says {control.role.value}; roles change only through a runbook",
-                    fg="yellow")
+    try:
+        if isinstance(decision, KeepExisting):
+            control = _keep(witness, engine, site_id, decision, audit)
+        else:
+            control = _create(witness, engine, site_id, requested, decision, audit)
+        click.echo(f"site {site_id}: schema at {current_revision(engine)}; role {control.role.value}, "
+                   f"epoch {control.epoch}, intake {control.intake_state.value}")
+    finally:
+        engine.dispose()
+    if decision.note:
+        click.secho(f"note: {decision.note}", fg="yellow")
+
+
+def _decide(site_id: str, requested: SiteRole | None, state: WitnessState, existing: SiteControl | None):
+    return initial_role(site_id, requested, state, existing is not None,
+                        existing.role if existing else None, existing.epoch if existing else None)
+
+
+def _create(witness: Witness, engine, site_id: str, requested: SiteRole | None, decision: InitialRole, audit):
+    """Create the control row the rule decided; the witness first, so it is always the authority."""
+    changed = "unchanged"
+    if decision.initialise_witness:
+        state = witness.initialise(site_id)
+        if state.primary_site != site_id:  # another site won the race to be first: the rule now refuses
+            refusal = _decide(site_id, requested, state, None)
+            reason = refusal.reason if isinstance(refusal, Refusal) else f"the witness names {state.primary_site}"
+            audit("refused", reason=reason)
+            fail(reason, 2)
+        changed = "initialised"
+    control = init_site(engine, site_id, decision.role, primary_site=decision.primary_site, epoch=decision.epoch)
+    audit("ok", witness=changed, role=control.role.value, epoch=control.epoch, primary_site=control.primary_site)
+    return control
+
+
+def _keep(witness: Witness, engine, site_id: str, decision: KeepExisting, audit):
+    control = read_control(engine, site_id)
+    if decision.adopt:  # a deployment older than the witness: record its primary
+        state = witness.initialise(site_id)
+        if state.primary_site != site_id:
+            reason = (f"the witness names site {state.primary_site} primary at epoch {state.epoch}; site {site_id} "
+                      f"was not recorded as primary")
+            audit("refused", reason=reason)
+            fail(reason, 2)
+        audit("ok", witness="adopted", role=control.role.value, epoch=control.epoch)
+    return control
+
+
+def _auditor(witness: Witness, operator: str, site_id: str, requested: SiteRole | None, started: float):
+    def audit(outcome: str, **detail) -> None:
+        witness.audit(AuditRecord(at=time.time(), operator=operator, action="db.upgrade", target=site_id,
+                                  args={"role": requested.value if requested else None}, outcome=outcome,
+                                  duration_s=time.monotonic() - started, detail=detail))
+    return audit
+
+
+def _existing_control(url: str, site_id: str) -> SiteControl | None:
+    """The site's control row if its database has one; a SQLite file that is not there is not created here."""
+    from pathlib import Path
+
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        return None
+    engine = make_engine(url, writer=False)
+    try:
+        if current_revision(engine) is None:
+            return None
+        return read_control(engine, site_id)
+    except OperationalError as exc:
+        fail(f"cannot open site {site_id}'s database ({_safe(url)}): {exc.orig}")
+    finally:
+        engine.dispose()
 
 
 @db.command("current")

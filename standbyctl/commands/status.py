@@ -1,4 +1,5 @@
-"""standbyctl status: every site's role, epoch, intake, schema and counts, from its database and its API."""
+"""standbyctl status: every site's role, epoch, intake, schema and counts, from its database and its API, beside
+what the witness says (its epoch and primary), with a warning wherever a site's control row disagrees with it."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,11 @@ import httpx
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
+from cutover.witness import WitnessError, WitnessState, open_witness
+from cutover.witness.roles import disagreement
+from standbyctl.commands.witness import describe_lease, witness_url
 from standbyctl.context import CliContext, pass_cli
+from standby.domain.states import SiteRole
 from standby.store.engine import make_engine
 from standby.store.migrate import current_revision
 from standby.store.schema import declarations, enterprises, replication_state
@@ -25,17 +30,27 @@ def status(cli: CliContext, site_ids: tuple[str, ...], as_json: bool) -> None:
     settings = cli.settings
     for site_id in site_ids:
         cli.check_site(site_id)
-    rows = [_site_status(settings, s) for s in (site_ids or settings.sites)]
+    state, witness_problem = _witness_state(settings)
+    rows = [_with_witness(_site_status(settings, s), state, witness_problem) for s in (site_ids or settings.sites)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    if state is not None:
+        click.echo(f"witness: epoch {state.epoch}, primary {state.primary_site or 'none'}; "
+                   f"lease: {describe_lease(state, time.time())}")
+    else:
+        click.secho(f"witness: {witness_problem}", fg="yellow")
     for r in rows:
         if r.get("error"):
             click.echo(f"site {r['site']}: {r['error']}")
             continue
         states = ", ".join(f"{k} {v:,}" for k, v in sorted(r["declarations_by_state"].items())) or "none"
-        click.echo(f"site {r['site']}: {r['role']}, epoch {r['epoch']}, intake {r['intake_state']}, "
+        beside = f" (witness: primary {r['witness_primary'] or 'none'} at epoch {r['witness_epoch']})" \
+            if state is not None else ""
+        click.echo(f"site {r['site']}: {r['role']}, epoch {r['epoch']}{beside}, intake {r['intake_state']}, "
                    f"schema {r['schema']}; API {r['api']}")
+        if r["witness_warning"]:
+            click.secho(f"  WARNING: {r['witness_warning']}", fg="red")
         click.echo(f"  enterprises {r['enterprises']:,}; declarations: {states}")
         for st in r["replication"]:
             lag = f"{st['heartbeat_lag_s']:.1f} s behind the primary's last heartbeat" \
@@ -45,6 +60,37 @@ def status(cli: CliContext, site_ids: tuple[str, ...], as_json: bool) -> None:
     primaries = [r["site"] for r in rows if r.get("role") == "primary"]
     if len(primaries) > 1:
         click.secho(f"WARNING: more than one site claims primary: {', '.join(primaries)}", fg="red")
+
+
+def _witness_state(settings) -> tuple[WitnessState | None, str | None]:
+    """The witness's state, or why there is none; status reports a missing witness, it never fails on it."""
+    from pathlib import Path
+
+    url = witness_url(settings)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):].split("?", 1)[0]).exists():
+        return None, f"none yet at {url} (`standbyctl db upgrade --site ID --role primary` creates it)"
+    try:
+        witness = open_witness(url, root=settings.root, retry_budget_s=2.0)
+    except (WitnessError, ValueError) as exc:
+        return None, f"unavailable: {exc}"
+    try:
+        return witness.state(), None
+    except WitnessError as exc:
+        return None, f"unavailable: {exc}"
+    finally:
+        witness.close()
+
+
+def _with_witness(row: dict, state: WitnessState | None, problem: str | None) -> dict:
+    """The site's row with the witness's epoch and primary beside it, and a warning when they disagree."""
+    row = {**row, "witness_epoch": state.epoch if state else None,
+           "witness_primary": state.primary_site if state else None, "witness_warning": None}
+    if state is not None and not row.get("error"):
+        row["witness_warning"] = disagreement(row["site"], SiteRole(row["role"]), row["epoch"], state)
+        if state.primary_site is None and row["role"] == SiteRole.PRIMARY.value:
+            row["witness_warning"] = (f"site {row['site']} says primary but the witness names no primary; record it "
+                                      f"with `standbyctl db upgrade --site {row['site']} --role primary`")
+    return row
 
 
 def _streams(conn) -> list[dict]:

@@ -21,6 +21,7 @@ def config(tmp_path) -> Path:
         "sites": {"A": {"site_digit": 1, "database_url": f"sqlite:///{tmp_path / 'a.db'}", "http": {"port": 1}},
                   "B": {"site_digit": 2, "database_url": f"sqlite:///{tmp_path / 'b.db'}", "http": {"port": 2}}},
         "auth": {"tokens_file": str(tmp_path / "tokens.yaml")},
+        "witness_url": f"sqlite:///{tmp_path / 'witness.db'}",
     }))
     return path
 
@@ -30,7 +31,7 @@ def run(config: Path, *args: str):
 
 
 def test_upgrade_seed_status_round_trip(config):
-    first = run(config, "db", "upgrade", "--site", "A")
+    first = run(config, "db", "upgrade", "--site", "A", "--role", "primary")
     assert first.exit_code == 0 and "role primary, epoch 1, intake open" in first.output
     assert "role standby" in run(config, "db", "upgrade", "--site", "B").output
     assert run(config, "db", "current", "--site", "A").exit_code == 0
@@ -42,10 +43,12 @@ def test_upgrade_seed_status_round_trip(config):
     rows = {r["site"]: r for r in json.loads(status.output)}
     assert rows["A"]["role"] == "primary" and rows["A"]["enterprises"] == 1500 and rows["A"]["api"] == "not running"
     assert rows["B"]["role"] == "standby" and rows["B"]["primary_site"] == "A"
+    assert rows["A"]["witness_primary"] == "A" and rows["B"]["witness_epoch"] == 1
+    assert rows["A"]["witness_warning"] is None and rows["B"]["witness_warning"] is None
 
 
 def test_roles_are_not_changed_by_upgrade(config):
-    run(config, "db", "upgrade", "--site", "A")
+    run(config, "db", "upgrade", "--site", "A", "--role", "primary")
     again = run(config, "db", "upgrade", "--site", "A", "--role", "standby")
     assert again.exit_code == 0 and "roles change only through a runbook" in again.output
 
@@ -75,6 +78,7 @@ def test_operator_mistakes_get_a_sentence_and_an_exit_code(config, args, code, w
 
 
 def test_serve_refuses_a_role_the_database_does_not_hold(config):
+    run(config, "db", "upgrade", "--site", "A", "--role", "primary")  # the witness's primary comes first
     run(config, "db", "upgrade", "--site", "B")
     result = CliRunner().invoke(main, ["--config", str(config), "serve", "--site", "B", "--role", "primary"])
     assert result.exit_code == 1 and "standby in its database, not primary" in result.output
@@ -95,7 +99,7 @@ def test_help_teaches_the_first_run():
 def test_seed_adds_historical_declarations_that_are_closed_and_numbered_from_the_site(config, tmp_path):
     import sqlite3
 
-    run(config, "db", "upgrade", "--site", "A")
+    run(config, "db", "upgrade", "--site", "A", "--role", "primary")
     seeded = run(config, "seed", "--site", "A", "--enterprises", "1000", "--declarations", "1200")
     assert seeded.exit_code == 0 and "declarations +1200" in seeded.output
     db = sqlite3.connect(tmp_path / "a.db")
@@ -119,7 +123,7 @@ def test_bench_explains_its_capacity_figures(config):
 def test_replicate_then_verify_from_the_command_line(config, tmp_path):
     import sqlite3
 
-    run(config, "db", "upgrade", "--site", "A")
+    run(config, "db", "upgrade", "--site", "A", "--role", "primary")
     run(config, "db", "upgrade", "--site", "B")
     run(config, "seed", "--site", "A", "--enterprises", "1000", "--declarations", "300")
     refused = CliRunner().invoke(main, ["--config", str(config), "replicate", "--from", "B", "--to", "A", "--once",
@@ -141,7 +145,7 @@ def test_prune_deletes_only_old_idempotency_records_after_confirmation(config, t
     import sqlite3
     import time
 
-    run(config, "db", "upgrade", "--site", "A")
+    run(config, "db", "upgrade", "--site", "A", "--role", "primary")
     db = sqlite3.connect(tmp_path / "a.db")
     old, new = time.time() - 10 * 86_400, time.time()
     db.executemany("INSERT INTO idempotency_keys VALUES (?, ?, 'h', 201, '{}', ?)",
@@ -163,7 +167,7 @@ def test_issue_many_gives_a_load_generator_its_tokens(config, tmp_path):
 
     from standby.api.auth import TokenRegistry
 
-    run(config, "db", "upgrade", "--site", "A")
+    run(config, "db", "upgrade", "--site", "A", "--role", "primary")
     run(config, "seed", "--site", "A", "--enterprises", "1000", "--officers-per-section", "3")
     out = tmp_path / "lt" / "tokens.json"
     result = run(config, "tokens", "issue-many", "--site", "A", "--declarants", "50", "--officers-per-section", "2",
