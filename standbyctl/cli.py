@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from standbyctl.commands import bench, db, demo, loadtest, replicate, serve, status, tokens
+from standbyctl.commands import bench, db, demo, loadtest, replicate, serve, status, tokens, witness
 from standbyctl.context import CliContext
 
 DEFAULT_CONFIG = Path("config/standby.yaml")
@@ -33,7 +33,7 @@ def main(ctx: click.Context, config: Path, ray_address: str | None) -> None:
 
 
 for command in (db.db, db.seed, serve.serve, status.status, tokens.tokens, demo.demo, bench.bench,
-                replicate.replicate, replicate.verify, loadtest.loadtest):
+                replicate.replicate, replicate.verify, loadtest.loadtest, witness.witness):
     main.add_command(command)
 main.add_command(__import__("standbyctl.commands.runbook", fromlist=["runbook"]).runbook)
 
