@@ -127,7 +127,8 @@ def _check_operation(loaded: LoadedRunbook, registry: ActionRegistry, op: Operat
     elif op.command is not None:
         _check_refs(loaded, op.command, loc + ("command",), allowed_steps)
     else:
-        _check_refs(loaded, op.http.model_dump(by_alias=True), loc + ("http",), allowed_steps)
+        _check_refs(loaded, {"url": op.http.url, "headers": op.http.headers, "json": op.http.json_body},
+                    loc + ("http",), allowed_steps)
 
 
 def _check_action(loaded: LoadedRunbook, registry: ActionRegistry, name: str, loc: Loc, *, read_only: bool) -> None:
@@ -139,20 +140,35 @@ def _check_action(loaded: LoadedRunbook, registry: ActionRegistry, name: str, lo
                            f"action {name!r} changes things; preconditions and verify take read-only actions only")
 
 
+def _leaves(value: Any, loc: Loc = ()) -> Iterable[tuple[Loc, Any]]:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _leaves(item, loc + (key,))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _leaves(item, loc + (i,))
+    else:
+        yield loc, value
+
+
 def _check_refs(loaded: LoadedRunbook, value: Any, loc: Loc, allowed_steps: Collection[str]) -> None:
-    line = loaded.line(*loc)
+    """Every reference names a declared parameter or an allowed (earlier) step; refused at the line of the value
+    that holds it."""
     order = [s.id for s in loaded.runbook.steps]
-    try:
-        refs = list(find_refs(value))
-    except RefError as exc:
-        raise RunbookError(loaded.path, line, str(exc)) from None
-    for ref in refs:
-        if ref.kind == "params" and ref.name not in loaded.runbook.params:
-            raise RunbookError(loaded.path, line, f"{ref.text} names no declared parameter "
-                               f"(declared: {', '.join(loaded.runbook.params) or 'none'})")
-        if ref.kind == "steps" and ref.name not in allowed_steps:
-            why = "a later step" if ref.name in order else "no step"
-            raise RunbookError(loaded.path, line, f"{ref.text} refers to {why}; only earlier steps' results exist")
+    for sub, leaf in _leaves(value):
+        line = loaded.line(*loc, *sub)
+        try:
+            refs = list(find_refs(leaf))
+        except RefError as exc:
+            raise RunbookError(loaded.path, line, str(exc)) from None
+        for ref in refs:
+            if ref.kind == "params" and ref.name not in loaded.runbook.params:
+                raise RunbookError(loaded.path, line, f"{ref.text} names no declared parameter "
+                                   f"(declared: {', '.join(loaded.runbook.params) or 'none'})")
+            if ref.kind == "steps" and ref.name not in allowed_steps:
+                why = "a later step" if ref.name in order else "no step"
+                raise RunbookError(loaded.path, line,
+                                   f"{ref.text} refers to {why}; only earlier steps' results exist")
 
 
 def bind_params(loaded: LoadedRunbook, given: Mapping[str, str], sites: Collection[str] | None = None) -> dict:
