@@ -17,6 +17,24 @@ manner of Patroni's DCS classes. Every method is a short transaction of its own;
 - `close()` releases connections.
 
 Backends raise WitnessUnavailable when the store cannot be reached; callers decide whether to retry (tenacity).
+
+Added with the backends (cutover/witness/sqlite.py, postgres.py; common code in base.py), without renaming anything:
+- Opening: `cutover.witness.open_witness(url, *, root=None, clock=time.time, migrate=True, **backend_options)`
+  picks the backend by scheme (sqlite:///PATH, postgresql://… which means psycopg 3), creates or migrates the
+  schema (the witness's own Alembic history, version table `witness_alembic_version`) and returns the witness.
+  Relative SQLite paths resolve against `root` (pass `settings.root`), else the working directory. `clock` stamps
+  `updated_at` in initialise/promote; renew_lease stamps its own `now`.
+- Transient failures (locked, busy, connection refused or lost) are already retried inside every call, briefly and
+  with tenacity, before WitnessUnavailable is raised; its message names the store (password hidden) and the reason.
+  A write whose commit acknowledgement was lost may be retried: promote then answers StaleEpoch (re-read `state()`);
+  an `append` could in that rare case be journalled twice (intent entries are therefore idempotent to replay).
+- Refusals that are not about the store: `append`/`set_run_status` on an unknown run and `create_run` with a run id
+  that exists raise WitnessError; a site id outside 1..8 characters or a ttl_s <= 0 raises ValueError.
+- The journal and the audit are append-only in the database itself (triggers refuse UPDATE and DELETE).
+- `runs(limit)` is newest first by started_at; `audit_records(limit)` newest first by insertion order.
+- Backend extras, not part of the Protocol: `where` (the URL without its password, for messages), `backend`
+  ("sqlite" or "postgresql"), `migrate() -> bool` (True when a migration ran), `schema_revision() -> str | None`.
+- Roles for new site databases come from the witness through the pure rule `cutover.witness.roles.initial_role`.
 """
 from __future__ import annotations
 
