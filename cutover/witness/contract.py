@@ -27,7 +27,7 @@ Added with the backends (cutover/witness/sqlite.py, postgres.py; common code in 
 - Transient failures (locked, busy, connection refused or lost) are already retried inside every call, briefly and
   with tenacity, before WitnessUnavailable is raised; its message names the store (password hidden) and the reason.
   A write whose commit acknowledgement was lost may be retried: promote then answers StaleEpoch (re-read `state()`);
-  an `append` could in that rare case be journalled twice (intent entries are therefore idempotent to replay).
+  an `append` could in that rare case be journalled twice (a reader of the journal should tolerate a repeated entry).
 - Refusals that are not about the store: `append`/`set_run_status` on an unknown run and `create_run` with a run id
   that exists raise WitnessError; a site id outside 1..8 characters or a ttl_s <= 0 raises ValueError.
 - The journal and the audit are append-only in the database itself (triggers refuse UPDATE and DELETE).
