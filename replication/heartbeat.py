@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from standby.domain.states import IntakeState, SiteRole
@@ -23,7 +23,7 @@ class SourceRetired:
     site_id: str
     role: str | None  # None: the site has no control row
     intake_state: str | None
-    epoch: int | None
+    epoch: int | None  # the fencing epoch when fenced (site_control.fenced_epoch), else the row's epoch
 
     def describe(self) -> str:
         if self.role is None:
@@ -47,7 +47,8 @@ def write_heartbeat(engine: Engine, source: str, now: float) -> SourceRetired | 
     stmt = dialect.insert(replication_heartbeat).values(source=source, at=now, counter=1)
     stmt = stmt.on_conflict_do_update(index_elements=["source"],
                                       set_={"at": now, "counter": replication_heartbeat.c.counter + 1})
-    control = select(site_control.c.role, site_control.c.intake_state, site_control.c.epoch).where(
+    control = select(site_control.c.role, site_control.c.intake_state,
+                     func.coalesce(site_control.c.fenced_epoch, site_control.c.epoch)).where(
         site_control.c.site_id == source)
     with engine.begin() as conn:  # SQLite writer engines BEGIN IMMEDIATE: the check and the write are one step
         if not is_sqlite(engine):
@@ -56,7 +57,7 @@ def write_heartbeat(engine: Engine, source: str, now: float) -> SourceRetired | 
             # before it) visible to the stream at once, even where synchronous_commit is off.
             conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
         row = conn.execute(control).first()
-        if row is None or not serving_primary(row.role, row.intake_state):
+        if row is None or not serving_primary(row[0], row[1]):
             return SourceRetired(source, *(tuple(row) if row is not None else (None, None, None)))
         conn.execute(stmt)
     return None

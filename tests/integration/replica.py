@@ -112,10 +112,11 @@ class Stream:
 class Intake:
     """Declarations flowing into the primary from a thread: pre-declare, register, then pay the green ones."""
 
-    def __init__(self, url: str, tax_codes: list[str], tariff, rules, batch: int = 50):
+    def __init__(self, url: str, tax_codes: list[str], tariff, rules, batch: int = 50, *, site_id: str = "A",
+                 site_digit: int = 1, key_prefix: str = ""):
         self.engine = make_engine(url)
-        self.desk = Desk(ClearancePipeline(self.engine, "A", 1, tariff, rules), tariff)
-        self.tax_codes, self.batch, self.done = tax_codes, batch, 0
+        self.desk = Desk(ClearancePipeline(self.engine, site_id, site_digit, tariff, rules), tariff)
+        self.tax_codes, self.batch, self.done, self.prefix = tax_codes, batch, 0, key_prefix
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -126,14 +127,14 @@ class Intake:
                 return
             n = self.done
             made = self.desk.pipeline.process([
-                Command(Op.PRE_DECLARE, OPERATOR, f"p-{n + i}", self.desk.payload(
+                Command(Op.PRE_DECLARE, OPERATOR, f"{self.prefix}p-{n + i}", self.desk.payload(
                     self.tax_codes[(n + i) % len(self.tax_codes)], offices[i % 4]), offices[i % 4])
                 for i in range(self.batch)])
             registered = self.desk.pipeline.process([
-                Command(Op.REGISTER, OPERATOR, f"r-{n + i}", {"number": m.body["number"]}, "")
+                Command(Op.REGISTER, OPERATOR, f"{self.prefix}r-{n + i}", {"number": m.body["number"]}, "")
                 for i, m in enumerate(made) if m.ok])
             self.desk.pipeline.process([
-                Command(Op.PAY, OPERATOR, f"$-{n + i}", {"number": r.body["number"],
+                Command(Op.PAY, OPERATOR, f"{self.prefix}$-{n + i}", {"number": r.body["number"],
                                                           "amount_vnd": r.body["total_vnd"]}, "")
                 for i, r in enumerate(registered) if r.ok and r.body["state"] == "awaiting_payment"])
             self.done += self.batch
