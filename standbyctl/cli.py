@@ -36,6 +36,7 @@ for command in (db.db, db.seed, serve.serve, status.status, tokens.tokens, demo.
                 replicate.replicate, replicate.verify, loadtest.loadtest, witness.witness):
     main.add_command(command)
 main.add_command(__import__("standbyctl.commands.runbook", fromlist=["runbook"]).runbook)
+main.add_command(__import__("standbyctl.commands.front", fromlist=["front"]).front)
 
 
 if __name__ == "__main__":
