@@ -154,6 +154,7 @@ class Folded:
     events: frozenset[RunEvent]
     results: dict[str, Any]
     failure: str  # the first failure's reason ("" when none)
+    abort_reason: str = ""
 
 
 def fold(runbook: Runbook, entries: Iterable[EntryLike]) -> Folded:
@@ -161,10 +162,12 @@ def fold(runbook: Runbook, entries: Iterable[EntryLike]) -> Folded:
     phases = [StepPhase.PENDING] * len(runbook.steps)
     events: set[RunEvent] = set()
     results: dict[str, Any] = {}
-    failure = ""
+    failure = abort_reason = ""
     for e in entries:
         if e.step == RUN_EVENT:
             events.add(RunEvent(e.phase))
+            if e.phase == RunEvent.ABORT_REQUESTED.value and not abort_reason:
+                abort_reason = str(e.detail.get("reason") or "aborted by the operator")
             if e.phase == RunEvent.PRECONDITIONS_FAILED.value and not failure:
                 failure = str(e.detail.get("reason", "a precondition failed"))
             continue
@@ -176,7 +179,7 @@ def fold(runbook: Runbook, entries: Iterable[EntryLike]) -> Folded:
             results[e.step] = e.detail.get("result", {})
         if phases[i] in (StepPhase.FAILED, StepPhase.ROLLBACK_FAILED) and not failure:
             failure = f"step {e.step}: {e.detail.get('error', phases[i].value)}"
-    return Folded(tuple(phases), frozenset(events), results, failure)
+    return Folded(tuple(phases), frozenset(events), results, failure, abort_reason)
 
 
 def next_move(runbook: Runbook, entries: Iterable[EntryLike]) -> Move:
@@ -214,8 +217,7 @@ def _unwind(runbook: Runbook, f: Folded, aborted: bool) -> Move:
     if not aborted or runbook.rollback_on_abort:
         for i in range(len(runbook.steps) - 1, ponr, -1):
             if runbook.steps[i].rollback is not None and f.phases[i] in undo:
-                return Move(MoveKind.ROLLBACK, i, "aborted" if aborted else f.failure)
-    reason = f.failure or "aborted by the operator"
+                return Move(MoveKind.ROLLBACK, i, f.abort_reason or "aborted" if aborted else f.failure)
     if aborted:
-        return Move(MoveKind.ABORTED, reason=reason)
-    return Move(MoveKind.FAILED if ponr >= 0 else MoveKind.ROLLED_BACK, reason=reason)
+        return Move(MoveKind.ABORTED, reason=f.abort_reason or "aborted by the operator")
+    return Move(MoveKind.FAILED if ponr >= 0 else MoveKind.ROLLED_BACK, reason=f.failure)
