@@ -52,25 +52,29 @@ class GateDecision:
         return self.admission is Admission.HOLD
 
 
-def decide(site_id: str, control: ControlRow | None, *, authority_epoch: int | None = None) -> GateDecision:
+def decide(site_id: str, control: ControlRow | None, *, authority_epoch: int | None = None,
+           authority_primary: str | None = None) -> GateDecision:
     """Admit, hold or refuse a write at `site_id` given its control row.
 
-    In order: no row → REFUSE site_uninitialised; a standby → REFUSE not_primary (naming the primary); intake
-    fenced → REFUSE fenced; `authority_epoch` (the witness's current epoch, when known) newer than the row's →
+    In order: no row → REFUSE site_uninitialised; intake fenced (an old primary, now a standby) → REFUSE fenced;
+    any other standby → REFUSE not_primary; `authority_epoch` (the witness's current epoch, when known) newer than the row's →
     REFUSE stale_epoch; intake frozen → HOLD intake_frozen; otherwise ADMIT. Every refusal is a 503 with
-    Retry-After, because another site (or this one, later) may take the write."""
+    Retry-After, because another site (or this one, later) may take the write. `primary_site` is the site that
+    takes writes as far as this site knows: the row's, or `authority_primary` (the witness's) when the row names
+    this site but it may not write."""
     if control is None:
         return _refuse("site_uninitialised", f"site {site_id} has no control row; run `standbyctl db upgrade`", None)
     primary = control.primary_site
+    elsewhere = primary if primary not in (None, site_id) else authority_primary
+    if control.intake_state is IntakeState.FENCED:  # before the role: a fenced old primary is a standby too
+        return _refuse("fenced", f"site {site_id} was fenced: another site is primary (site "
+                                 f"{elsewhere or 'unknown'}); it refuses writes", elsewhere)
     if control.role is not SiteRole.PRIMARY:
         return _refuse("not_primary", f"site {site_id} is a standby and refuses writes; the primary is site "
-                                      f"{primary or 'unknown'}", primary)
-    if control.intake_state is IntakeState.FENCED:
-        return _refuse("fenced", f"site {site_id} is fenced at epoch {control.epoch}; another site is primary",
-                       primary if primary != site_id else None)
+                                      f"{elsewhere or 'unknown'}", elsewhere)
     if authority_epoch is not None and authority_epoch > control.epoch:
         return _refuse("stale_epoch", f"site {site_id} was promoted at epoch {control.epoch} but the witness is at "
-                                      f"epoch {authority_epoch}; another site is primary", None)
+                                      f"epoch {authority_epoch}; another site is primary", authority_primary)
     if control.intake_state is IntakeState.FROZEN:
         return GateDecision(Admission.HOLD, HOLD_CODE, f"site {site_id} has intake frozen for a cutover; retry",
                             503, primary, RETRY_AFTER_S)

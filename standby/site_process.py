@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import uvicorn
@@ -35,11 +35,13 @@ class Site:
         self.services.read_engine.dispose()
 
 
-def build_site(settings: Settings, site_id: str, *, in_process: bool = False) -> Site:
+def build_site(settings: Settings, site_id: str, *, in_process: bool = False,
+               authority: Callable[[], tuple[int, str | None]] | None = None) -> Site:
     """Start the site's workers (blocking until they are up) and build its app. The caller serves the app.
 
     `in_process=True` runs the same pipelines in threads of this process instead of Ray actors: for measuring what
-    Ray costs, and for diagnosis. Production runs the Ray workers."""
+    Ray costs, and for diagnosis. Production runs the Ray workers. `authority` (the witness's current epoch and
+    primary, called in a worker thread) lets the site refuse writes under a stale epoch; see SiteServices."""
     cfg, url = settings.site(site_id), settings.database_url(site_id)
     metrics = SiteMetrics(site_id)
     spec = WorkerSpec(site_id=site_id, site_digit=cfg.site_digit, database_url=url,
@@ -64,8 +66,14 @@ def build_site(settings: Settings, site_id: str, *, in_process: bool = False) ->
         site_id=site_id, read_engine=make_engine(url, pool_size=8, writer=False), submit=submit,
         tokens=ReloadingTokenRegistry(settings.path(settings.auth.tokens_file)), metrics=metrics,
         max_body_bytes=settings.limits.max_body_bytes, start=start, stop=batcher.stop,
+        primary_urls=site_urls(settings), authority=authority,
     )
     return Site(site_id, create_app(services), pool, services)
+
+
+def site_urls(settings: Settings) -> dict[str, str]:
+    """Each configured site's base URL, from its http host and port."""
+    return {site: f"http://{cfg.http.host}:{cfg.http.port}" for site, cfg in settings.sites.items()}
 
 
 class InProcessPool:

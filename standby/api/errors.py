@@ -10,14 +10,22 @@ from standby.domain.errors import Refusal
 
 
 class ApiError(Exception):
+    """A refusal the API answers with: `status`, the envelope's code, message and field, response `headers`, and
+    `extra` members of the envelope's error object (e.g. `primary_site` and `primary_url` for a 503 that names
+    where writes go now)."""
+
     def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict | None = None):
+                 headers: dict | None = None, extra: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.field, self.headers = status, code, message, field, headers
+        self.extra = extra
 
 
-def error_body(code: str, message: str, field: str | None = None) -> dict:
-    return Refusal(code, message, field).envelope()
+def error_body(code: str, message: str, field: str | None = None, extra: dict | None = None) -> dict:
+    body = Refusal(code, message, field).envelope()
+    if extra:
+        body["error"].update(extra)
+    return body
 
 
 def field_path(loc) -> str:
@@ -31,7 +39,7 @@ def field_path(loc) -> str:
 
 
 async def on_api_error(_request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(error_body(exc.code, exc.message, exc.field), exc.status, headers=exc.headers)
+    return JSONResponse(error_body(exc.code, exc.message, exc.field, exc.extra), exc.status, headers=exc.headers)
 
 
 async def on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

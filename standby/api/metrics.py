@@ -41,6 +41,27 @@ class SiteMetrics:
                                        "Age of the oldest captured change no standby has acknowledged (0: none)",
                                        ["site"], registry=r)
 
+        # The intake hold during a freeze: held now (a live count, see `watch_holds`), held in all (named _holds_:
+        # a counter named clearance_intake_held_total would clash with the gauge's name), released when
+        # intake opened, refused by reason (held_too_long, hold_full, or the gate's code when the site stopped
+        # being primary), and the time each held request spent held.
+        self.intake_held = Gauge("clearance_intake_held", "Write requests held now, waiting for intake to open",
+                                 registry=r)
+        self.intake_held_total = Counter("clearance_intake_holds_total", "Write requests held during a freeze (each counted once)",
+                                         registry=r)
+        self.intake_released_total = Counter("clearance_intake_released_total",
+                                             "Held write requests released when intake opened", registry=r)
+        self.intake_hold_refused_total = Counter("clearance_intake_hold_refused_total",
+                                                 "Held write requests answered 503 instead of released, by reason",
+                                                 ["reason"], registry=r)
+        self.intake_hold_seconds = Histogram("clearance_intake_hold_seconds",
+                                             "Time a held write request spent held (latency the freeze added)",
+                                             buckets=LATENCY_BUCKETS, registry=r)
+
+    def watch_holds(self, held_now) -> None:
+        """Make `clearance_intake_held` read `held_now()` at every scrape."""
+        self.intake_held.set_function(held_now)
+
     def show_change_log(self, pending_rows: int, oldest_s: float) -> None:
         self.change_log_pending.labels(self.site_id).set(pending_rows)
         self.change_log_oldest.labels(self.site_id).set(oldest_s)

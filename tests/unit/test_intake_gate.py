@@ -33,10 +33,16 @@ def test_a_standby_refuses_not_primary_naming_the_primary():
     assert "site A" in decision.message and decision.retry_after_s
 
 
-def test_a_standby_is_not_primary_whatever_its_intake_state():
-    for state in I:
-        decision = decide("B", Row(role=SiteRole.STANDBY, intake_state=state, primary_site="A"))
-        assert decision.code == "not_primary"
+@pytest.mark.parametrize("state", [I.OPEN, I.FROZEN])
+def test_a_standby_is_not_primary_whatever_its_unfenced_intake_state(state):
+    decision = decide("B", Row(role=SiteRole.STANDBY, intake_state=state, primary_site="A"))
+    assert decision.code == "not_primary"
+
+
+def test_a_fenced_old_primary_says_fenced_and_names_the_new_primary():
+    decision = decide("A", Row(role=SiteRole.STANDBY, intake_state=I.FENCED, primary_site="B"))
+    assert (decision.admission, decision.code, decision.primary_site) == (Admission.REFUSE, "fenced", "B")
+    assert "site B" in decision.message
 
 
 def test_a_fenced_primary_refuses_fenced():
@@ -47,6 +53,12 @@ def test_a_fenced_primary_refuses_fenced():
 
 def test_a_fenced_row_naming_another_primary_passes_it_on():
     assert decide("A", Row(intake_state=I.FENCED, primary_site="B")).primary_site == "B"
+
+
+def test_the_authority_names_the_primary_when_the_row_names_this_site():
+    assert decide("A", Row(intake_state=I.FENCED), authority_primary="B").primary_site == "B"
+    stale = decide("A", Row(epoch=3), authority_epoch=4, authority_primary="B")
+    assert (stale.code, stale.primary_site) == ("stale_epoch", "B")
 
 
 @pytest.mark.parametrize("state", [I.OPEN, I.FROZEN])
@@ -67,9 +79,9 @@ def test_a_frozen_primary_holds():
     assert (decision.code, decision.status, decision.retry_after_s) == (HOLD_CODE, 503, 1)
 
 
-def test_the_rules_apply_in_order_standby_before_fenced_before_stale_before_frozen():
-    assert decide("B", Row(role=SiteRole.STANDBY, intake_state=I.FENCED), authority_epoch=9).code == "not_primary"
-    assert decide("A", Row(intake_state=I.FENCED), authority_epoch=9).code == "fenced"
+def test_the_rules_apply_in_order_fenced_before_standby_before_stale_before_frozen():
+    assert decide("B", Row(role=SiteRole.STANDBY, intake_state=I.FENCED), authority_epoch=9).code == "fenced"
+    assert decide("B", Row(role=SiteRole.STANDBY), authority_epoch=9).code == "not_primary"
     assert decide("A", Row(intake_state=I.FROZEN), authority_epoch=9).code == "stale_epoch"
 
 
