@@ -89,7 +89,7 @@ def test_without_a_primary_the_operator_is_told_to_name_one(config, tmp_path):
     assert not (tmp_path / "a.db").exists()
 
 
-def test_after_a_promotion_the_primary_cannot_be_rebuilt_empty_and_the_old_primary_comes_back_a_standby(config, tmp_path):
+def test_after_a_promotion_the_primary_is_not_rebuilt_empty_and_the_old_one_comes_back_a_standby(config, tmp_path):
     run(config, "db", "upgrade", "--site", "A", "--role", "primary")
     run(config, "db", "upgrade", "--site", "B")
     w = witness_of(tmp_path)

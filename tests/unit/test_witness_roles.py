@@ -51,7 +51,8 @@ def test_rebuilding_the_primary_after_a_promotion_is_refused(requested):
 @pytest.mark.parametrize("requested", [None, P])
 def test_an_unfinished_first_setup_is_recreated_at_epoch_1_with_a_caution(requested):
     decided = initial_role("A", requested, A_AT_1, False)
-    assert isinstance(decided, InitialRole) and (decided.role, decided.epoch, decided.initialise_witness) == (P, 1, False)
+    assert isinstance(decided, InitialRole)
+    assert (decided.role, decided.epoch, decided.initialise_witness) == (P, 1, False)
     assert "restore" in decided.note
 
 
