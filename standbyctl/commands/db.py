@@ -5,6 +5,7 @@ import getpass
 import time
 
 import click
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from cutover.witness import AuditRecord, Witness, WitnessState, WitnessUnavailable
@@ -19,7 +20,7 @@ from standby.store.engine import make_engine
 from standby.store.migrate import current_revision, head_revision, upgrade
 from standby.store.seed import seed as run_seed
 from standby.store.retention import count_older_than, prune_idempotency
-from standby.store.site import SiteControl, init_site, read_control
+from standby.store.site import init_site, read_control
 
 
 def _os_user() -> str:
@@ -87,9 +88,9 @@ def _upgrade_with_witness(witness: Witness, url: str, site_id: str, requested: S
         click.secho(f"note: {decision.note}", fg="yellow")
 
 
-def _decide(site_id: str, requested: SiteRole | None, state: WitnessState, existing: SiteControl | None):
+def _decide(site_id: str, requested: SiteRole | None, state: WitnessState, existing: tuple[SiteRole, int] | None):
     return initial_role(site_id, requested, state, existing is not None,
-                        existing.role if existing else None, existing.epoch if existing else None)
+                        existing[0] if existing else None, existing[1] if existing else None)
 
 
 def _create(witness: Witness, engine, site_id: str, requested: SiteRole | None, decision: InitialRole, audit):
@@ -129,8 +130,11 @@ def _auditor(witness: Witness, operator: str, site_id: str, requested: SiteRole 
     return audit
 
 
-def _existing_control(url: str, site_id: str) -> SiteControl | None:
-    """The site's control row if its database has one; a SQLite file that is not there is not created here."""
+def _existing_control(url: str, site_id: str) -> tuple[SiteRole, int] | None:
+    """The role and epoch of the site's control row if its database has one, read before migrating.
+
+    Only the columns every revision has since the first (site_id, role, epoch), so a database at an older revision
+    is read too; a SQLite file that is not there is not created here."""
     from pathlib import Path
 
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
@@ -139,7 +143,10 @@ def _existing_control(url: str, site_id: str) -> SiteControl | None:
     try:
         if current_revision(engine) is None:
             return None
-        return read_control(engine, site_id)
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT role, epoch FROM site_control WHERE site_id = :site_id"),
+                               {"site_id": site_id}).first()
+        return (SiteRole(row[0]), int(row[1])) if row else None
     except OperationalError as exc:
         fail(f"cannot open site {site_id}'s database ({_safe(url)}): {exc.orig}")
     finally:

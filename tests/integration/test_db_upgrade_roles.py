@@ -158,3 +158,27 @@ def test_two_first_primaries_at_once_leave_exactly_one(config, tmp_path):
     loser_err = next(err for code, _, err in outcomes if code == 2)
     assert f"site {winner} primary at epoch 1" in loser_err and "Traceback" not in loser_err
     w.close()
+
+
+def test_a_deployment_older_than_the_witness_is_migrated_and_adopted(config, tmp_path):
+    """Site A's database predates the witness (revision 0003, a primary control row), the witness is empty."""
+    import sqlite3
+
+    from standby.store.migrate import head_revision, upgrade
+
+    upgrade(f"sqlite:///{tmp_path / 'a.db'}", "0003")
+    db = sqlite3.connect(tmp_path / "a.db")
+    db.execute("INSERT INTO site_control (site_id, role, epoch, intake_state, primary_site, updated_at) "
+               "VALUES ('A', 'primary', 1, 'open', 'A', 0)")
+    db.commit()
+    db.close()
+    hinted = run(config, "db", "upgrade", "--site", "A")
+    assert hinted.exit_code == 0 and f"schema at {head_revision()}" in hinted.output
+    assert "note: the witness is empty; record site A in it with" in hinted.output
+    adopted = run(config, "db", "upgrade", "--site", "A", "--role", "primary", "--operator", "alice")
+    assert adopted.exit_code == 0 and "role primary, epoch 1" in adopted.output
+    w = witness_of(tmp_path)
+    assert (w.state().epoch, w.state().primary_site) == (1, "A")
+    assert w.audit_records(1)[0].detail["witness"] == "adopted"
+    w.close()
+    assert "role standby, epoch 1" in run(config, "db", "upgrade", "--site", "B").output
