@@ -49,6 +49,9 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 DROP_FROM_ANSWER = HOP_BY_HOP | {"date", "server"}
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.02, 0.5  # between attempts of a held write, unless the witness moves first
+# Below uvicorn's own keep-alive timeout (5 s): the front lets an idle connection go before the site does, so it
+# never sends a request down a connection the site is closing (that would be a needless "connection lost").
+KEEPALIVE_S = 4.0
 CONNECT_TIMEOUT_S = 2.0  # a site that does not accept a connection in this long is treated as down
 
 
@@ -113,7 +116,7 @@ class Front:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=KEEPALIVE_S),
             timeout=aiohttp.ClientTimeout(total=self.settings.forward_timeout_s, sock_connect=CONNECT_TIMEOUT_S),
             cookie_jar=aiohttp.DummyCookieJar(),  # stateless: one client's cookies never reach another's request
             auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"))

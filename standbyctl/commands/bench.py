@@ -168,3 +168,48 @@ def replication(cli: CliContext, declarations: int, partitions: int, window: int
     click.echo(json.dumps(results, indent=2))
     if out:
         out.write_text(json.dumps(results, indent=2))
+
+
+@bench.command("front")
+@click.option("--multiplier", type=click.FloatRange(0.1, 100), default=3, show_default=True,
+              help="offered load as a multiple of the design peak (config/capacity.yaml)")
+@click.option("--seconds", type=click.FloatRange(5, 600), default=30, show_default=True,
+              help="length of each round on each path")
+@click.option("--rounds", type=click.IntRange(1, 20), default=2, show_default=True,
+              help="rounds; each drives the site directly, then through the front, at the same rate")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="the site's workers")
+@click.option("--enterprises", "enterprises_count", type=click.IntRange(1000, 10_000_000), default=20_000,
+              show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="write the results as JSON here")
+@pass_cli
+def front(cli: CliContext, multiplier: float, seconds: float, rounds: int, workers: int, enterprises_count: int,
+          out: Path | None) -> None:
+    """The front's extra hop: one fresh site and one front (each its own process, a real SQLite witness), driven
+    open-loop at MULTIPLIER x design alternately straight and through the front; prints per path p50/p90/p99 of
+    every request and the difference (the extra hop). Uses its own databases under var/bench/front."""
+    from standbyctl.bench_front import main_run
+
+    settings = cli.settings
+    capacity = load_capacity(settings.path(settings.reference.capacity))
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    started = time.time()
+    try:
+        summary = main_run(settings, capacity, workdir=settings.path(settings.data_dir) / "bench" / "front",
+                           site_port=ports[0], front_port=ports[1], multiplier=multiplier, seconds=seconds,
+                           rounds=rounds, workers=workers, enterprises_count=enterprises_count, log=click.echo)
+    except RuntimeError as exc:
+        fail(str(exc))
+    summary["run"] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "machine": f"{platform.node()} {platform.machine()} {_cpus()} cores, Python "
+                                 f"{platform.python_version()}", "seconds": round(time.time() - started)}
+    click.echo(json.dumps(summary, indent=2))
+    d, f, x = summary["paths"]["direct"], summary["paths"]["front"], summary["extra_hop"]
+    click.echo(f"direct p50 {d['p50_ms']} ms p99 {d['p99_ms']} ms; through the front p50 {f['p50_ms']} ms p99 "
+               f"{f['p99_ms']} ms; extra hop p50 {x['p50_ms']} ms, p99 {x['p99_ms']} ms at {multiplier:g}x design")
+    if out:
+        out.write_text(json.dumps(summary, indent=2))
+        click.echo(f"results written to {out}")

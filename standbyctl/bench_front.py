@@ -1,0 +1,146 @@
+"""standbyctl bench front: what the front's extra hop costs a client, at 3x design peak.
+
+One fresh site (its own process, Ray workers) and one front (its own process, a real SQLite witness naming the site)
+are driven open-loop at the same rate, alternately straight at the site and through the front, in rounds, so drift
+in the machine's load hits both paths alike. Every request's latency is kept (pre-declare and registration); the
+extra hop is the difference of the two paths' percentiles. The front's own view (its handling time minus the site's
+round trip, `front_forward_latency_seconds`) is read from its /metrics at the end."""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from cutover.witness import open_witness
+from loadtests.capacity import DesignCapacity
+from loadtests.client import SiteClient
+from loadtests.open_loop import run_step
+from standby.settings import Settings, load_settings
+from standbyctl.bench_intake import BenchSite, prepare, start_server, stop_server
+
+
+def percentile(data: list[float], p: float) -> float:
+    if not data:
+        return float("nan")
+    ordered = sorted(data)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def add_front(site: BenchSite, front_port: int) -> BenchSite:
+    """The bench's settings with a witness naming site A and a front section on `front_port`."""
+    raw = yaml.safe_load(site.config.read_text())
+    raw["witness_url"] = f"sqlite:///{site.config.parent / 'witness.db'}"
+    raw["front"] = {"host": "127.0.0.1", "port": front_port}
+    site.config.write_text(yaml.safe_dump(raw))
+    settings = load_settings(site.config)
+    witness = open_witness(settings.witness_url)
+    try:
+        witness.initialise("A")
+    finally:
+        witness.close()
+    return BenchSite(site.config, settings, site.load)
+
+
+def start_front(site: BenchSite, logfile: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "standbyctl.cli", "--config", str(site.config), "front"]
+    proc = subprocess.Popen(cmd, stdout=logfile.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = front_url(site.settings)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the front exited with {proc.returncode}; see {logfile}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop_server(proc)
+    raise RuntimeError(f"the front was not ready within 60 s; see {logfile}")
+
+
+def front_url(settings: Settings) -> str:
+    return f"http://{settings.front.host}:{settings.front.port}"
+
+
+def site_url(settings: Settings) -> str:
+    http = settings.site("A").http
+    return f"http://{http.host}:{http.port}"
+
+
+async def drive(site: BenchSite, rate: float, seconds: float, rounds: int, log) -> dict[str, dict]:
+    """Alternate the two paths for `rounds` rounds; per path, every request's latency and the errors seen."""
+    paths = {"direct": site_url(site.settings), "front": front_url(site.settings)}
+    clients = {name: SiteClient(url, max_connections=200) for name, url in paths.items()}
+    seen = {name: {"latencies": [], "errors": {}, "completed": 0, "shed": 0} for name in paths}
+    try:
+        for name, client in clients.items():  # warm-up: connections, caches, number blocks
+            await run_step(client, site.load, 10, 2)
+        for r in range(rounds):
+            for name, client in clients.items():
+                step = await run_step(client, site.load, rate, seconds)
+                out = seen[name]
+                out["latencies"] += step.predeclare_s + step.decision_s
+                out["completed"] += step.completed
+                out["shed"] += step.shed
+                for code, n in step.errors.items():
+                    out["errors"][code] = out["errors"].get(code, 0) + n
+                log(f"  round {r + 1}/{rounds} {name:>6}: {step.completed} declarations, pre-declare p50 "
+                    f"{step.pct(50, 'pre') * 1000:.2f} ms p99 {step.pct(99, 'pre') * 1000:.2f} ms, registration "
+                    f"p50 {step.pct(50) * 1000:.2f} ms p99 {step.pct(99) * 1000:.2f} ms, errors "
+                    f"{sum(step.errors.values())}")
+    finally:
+        for client in clients.values():
+            await client.close()
+    return seen
+
+
+def front_own_view(settings: Settings) -> dict:
+    """The front's count, mean and bucket-bounded p50/p99 of front_forward_latency_seconds (its own handling)."""
+    text = httpx.get(f"{front_url(settings)}/metrics", timeout=10).text
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name.startswith("front_forward_latency_seconds")]
+    count = next((s.value for s in samples if s.name.endswith("_count")), 0)
+    total = next((s.value for s in samples if s.name.endswith("_sum")), 0)
+    buckets = sorted((float(s.labels["le"]), s.value) for s in samples if s.name.endswith("_bucket"))
+
+    def bound(p: float) -> float:
+        return next((le for le, n in buckets if n >= p / 100 * count), float("inf"))
+
+    return {"requests": int(count), "mean_ms": round(total / count * 1000, 3) if count else None,
+            "p50_at_most_ms": bound(50) * 1000, "p99_at_most_ms": bound(99) * 1000}
+
+
+def main_run(settings: Settings, capacity: DesignCapacity, *, workdir: Path, site_port: int, front_port: int,
+             multiplier: float, seconds: float, rounds: int, workers: int, enterprises_count: int, log) -> dict:
+    site = add_front(prepare(settings, workdir, site_port, workers, enterprises_count, log), front_port)
+    rate = capacity.declarations_per_s(multiplier)
+    log(f"- {multiplier:g}x design = {rate:.2f} declarations/s ({2 * rate:.1f} requests/s), {rounds} rounds of "
+        f"{seconds:g} s per path")
+    site_proc = start_server(site, False, workdir / "site.log")
+    try:
+        front_proc = start_front(site, workdir / "front.log")
+        try:
+            seen = asyncio.run(drive(site, rate, seconds, rounds, log))
+            own = front_own_view(site.settings)
+        finally:
+            stop_server(front_proc)
+    finally:
+        stop_server(site_proc)
+    return summarise(seen, own, rate, multiplier)
+
+
+def summarise(seen: dict[str, dict], own: dict, rate: float, multiplier: float) -> dict:
+    paths = {name: {"requests": len(s["latencies"]), "declarations": s["completed"], "errors": s["errors"],
+                    "shed": s["shed"], **{f"p{p}_ms": round(percentile(s["latencies"], p) * 1000, 3)
+                                           for p in (50, 90, 99)}}
+             for name, s in seen.items()}
+    extra = {f"p{p}_ms": round(paths["front"][f"p{p}_ms"] - paths["direct"][f"p{p}_ms"], 3) for p in (50, 90, 99)}
+    return {"multiplier": multiplier, "declarations_per_s": round(rate, 2), "paths": paths, "extra_hop": extra,
+            "front_own_handling": own}
