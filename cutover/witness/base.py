@@ -87,7 +87,8 @@ class SqlWitness:
             return retrying(once)
         except DBAPIError as exc:
             if self._transient(exc):
-                reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
+                lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+                reason = lines[0] if lines else type(exc).__name__
                 raise WitnessUnavailable(f"the witness ({self.where}) is unavailable while {what}: {reason}; "
                                          f"gave up after retrying for up to {self._retry_budget_s:g} s") from exc
             raise

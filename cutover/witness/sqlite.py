@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from cutover.witness.base import SqlWitness
 from cutover.witness.contract import WitnessUnavailable
-from cutover.witness.schema import STATE_ROW_ID, witness_state
+from cutover.witness.schema import STATE_ROW_ID, runbook_runs, witness_state
 from standby.settings import resolve_sqlite_url
 
 PREFIX = "sqlite:///"
@@ -57,8 +57,6 @@ class SqliteWitness(SqlWitness):
         return conn.execute(select(witness_state).where(witness_state.c.id == STATE_ROW_ID)).mappings().one()
 
     def _lock_run(self, conn: Connection, run_id: str) -> bool:
-        from cutover.witness.schema import runbook_runs
-
         return conn.execute(select(runbook_runs.c.run_id).where(runbook_runs.c.run_id == run_id)).first() is not None
 
     def _transient(self, exc: BaseException) -> bool:
