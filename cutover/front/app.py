@@ -182,6 +182,10 @@ class Front:
         return self._refuse(decision.refusal)
 
     async def _write(self, out: Outgoing, ticket: _Ticket) -> Response:
+        response = await self._try_write(out, ticket)  # the common case, without building a retry loop
+        if response is not None:
+            return response
+        await self._park(ticket, BACKOFF_FIRST_S)
         retrying = AsyncRetrying(
             stop=lambda _rs: routing.hold_left(self.clock(), ticket.arrived, self.settings.hold_max_s) <= 0,
             wait=wait_exponential(multiplier=BACKOFF_FIRST_S, max=BACKOFF_MAX_S),

@@ -156,3 +156,27 @@ def test_anything_but_an_error_envelope_has_no_code(body, content_type):
 @pytest.mark.parametrize("status,cls", [(200, "2xx"), (201, "2xx"), (404, "4xx"), (503, "5xx")])
 def test_status_class(status, cls):
     assert routing.status_class(status) == cls
+
+
+# --- who is primary: the witness watch (polled by hand here; the front polls it in a thread) --------------------------
+
+
+def test_the_watch_announces_a_new_primary_or_epoch_once_and_keeps_the_last_state_while_the_witness_is_down():
+    from cutover.front.watch import PrimaryWatch
+    from cutover.witness.contract import WitnessUnavailable
+
+    answers = [WitnessState(1, "A"), WitnessState(1, "A"), WitnessUnavailable("locked"), WitnessState(2, "B")]
+    announced, errors = [], []
+
+    def lookup() -> WitnessState:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    watch = PrimaryWatch(lookup, 0.05, announced.append, lambda: errors.append(1))
+    assert watch.poll() == WitnessState(1, "A")
+    assert watch.poll() == WitnessState(1, "A")  # unchanged: not announced again
+    assert watch.poll() == WitnessState(1, "A") and watch.failing and errors == [1]  # down: the last state stands
+    assert watch.poll() == WitnessState(2, "B") and not watch.failing
+    assert announced == [WitnessState(1, "A"), WitnessState(2, "B")]
