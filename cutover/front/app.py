@@ -48,7 +48,12 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 # uvicorn writes its own Date and Server; a second copy from the site would be sent twice.
 DROP_FROM_ANSWER = HOP_BY_HOP | {"date", "server"}
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.02, 0.5  # between attempts of a held write, unless the witness moves first
+# Held writes do not all ask the site again: one of them, the probe, does, backing off from BACKOFF_FIRST_S to
+# BACKOFF_MAX_S (so a site that cannot take writes sees at most ~1/BACKOFF_MAX_S probes a second, however many are
+# held); the others wait for a release (the witness names a new primary, or a held write was answered) and check
+# every PROBE_HANDOFF_S whether the probe has gone (answered, or past its bound) so that one of them takes over.
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.02, 0.1
+PROBE_HANDOFF_S = 1.0
 # Below uvicorn's own keep-alive timeout (5 s): the front lets an idle connection go before the site does, so it
 # never sends a request down a connection the site is closing (that would be a needless "connection lost").
 KEEPALIVE_S = 4.0
@@ -86,6 +91,7 @@ class _Ticket:
     generation: int = 0  # the witness change count when the last attempt started
     holding: bool = False
     held_since: float = 0.0
+    go: bool = False  # the last pause ended so that this write should be sent again (see Front._park)
     reason: str | None = None
     tries: int = 0
     upstream_s: float = 0.0
@@ -108,6 +114,7 @@ class Front:
         self.queue = HoldQueue(self.clock)
         self.holding = 0  # writes in holding now: parked, or being sent again
         self.generation = 0
+        self._probe: _Ticket | None = None  # the held write that asks the site again (see BACKOFF_MAX_S)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -154,6 +161,8 @@ class Front:
             try:
                 response = await self._write(out, ticket)
             finally:
+                if self._probe is ticket:
+                    self._probe = None  # another held write takes over at its next check
                 if ticket.holding:
                     self.holding -= 1
                     self.metrics.held.set(self.holding)
@@ -199,7 +208,9 @@ class Front:
 
     async def _try_write(self, out: Outgoing, ticket: _Ticket) -> Response | None:
         """One attempt: the response to send, or None while the write stays held."""
-        ticket.generation, ticket.tries = self.generation, ticket.tries + 1
+        if ticket.holding and not ticket.go:
+            return None  # still held: only the probe asks the site, and a release sends every held write
+        ticket.generation, ticket.tries, ticket.go = self.generation, ticket.tries + 1, False
         primary = self.primary
         if ticket.tries == 1 and self.queue.held:
             decision = Decision(Action.HOLD, reason="behind_held")  # a write never overtakes earlier held ones
@@ -235,15 +246,22 @@ class Front:
         return None
 
     async def _park(self, ticket: _Ticket, seconds: float) -> None:
-        """Tenacity's pause between attempts: until the witness names a new primary, a held write is answered, or
-        the backoff (never past the write's bound) ends, whichever comes first."""
+        """Tenacity's pause between attempts. It ends when the witness names a new primary or a held write is
+        answered (a release: every held write goes, in the order they were parked), when the write's bound comes,
+        or, for the probe, after the backoff (`seconds`). Sets `ticket.go` when the write should be sent again."""
         if self.generation != ticket.generation:
-            return  # the witness moved while the last attempt was under way: go at once
+            ticket.go = True  # the witness moved while the last attempt was under way: go at once
+            return
+        if self._probe is None:
+            self._probe = ticket
+        probing = self._probe is ticket
         left = routing.hold_left(self.clock(), ticket.arrived, self.settings.hold_max_s)
-        held = await self.queue.hold_detailed(min(seconds, left), sys.maxsize)  # the count bound is admit_hold's
+        wait = min(seconds if probing else PROBE_HANDOFF_S, left)
+        held = await self.queue.hold_detailed(wait, sys.maxsize)  # the count bound is admit_hold's
         ticket.parked_s += held.waited_s
         if held.result is HoldResult.CANCELLED:
             raise asyncio.CancelledError("the front is stopping")
+        ticket.go = probing or held.result is HoldResult.RELEASED or self.generation != ticket.generation
 
     def _delivered_write(self, answer: Answer, method: str, ticket: _Ticket) -> Response:
         if ticket.holding:
