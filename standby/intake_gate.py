@@ -12,6 +12,7 @@ from typing import Protocol
 from standby.domain.states import IntakeState, SiteRole
 
 HOLD_CODE = "intake_frozen"
+REFUSAL_CODES = frozenset({"site_uninitialised", "fenced", "not_primary", "stale_epoch"})
 RETRY_AFTER_S = 1
 
 

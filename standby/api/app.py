@@ -26,7 +26,7 @@ from standby.api.metrics import SiteMetrics
 from standby.api.models import AmendIn, DecisionIn, PaymentIn, PreDeclareIn
 from standby.clearance.commands import Command, Op, Outcome, Principal, Role
 from standby.clearance.handlers import declaration_view
-from standby.clearance.pipeline import is_hold
+from standby.clearance.pipeline import is_gate_refusal, is_hold
 from standby.domain.errors import DomainError
 from standby.domain.numbers import DeclarationNumber
 from standby.domain.states import IntakeState
@@ -429,11 +429,18 @@ async def _through_gate(s: SiteServices, command: Command) -> Outcome:
             if not decision.admitted:
                 raise s.refusal(decision)
             outcome = await _submit(s, command)
-            if not is_hold(outcome):
+            if is_hold(outcome):
+                s.forget_control()
+                decision = GateDecision(Admission.HOLD, HOLD_CODE, outcome.body["error"]["message"], 503, None,
+                                        RETRY_AFTER_S)
+            elif is_gate_refusal(outcome):
+                # the worker's row said another site takes writes: answer as the gate does, naming it
+                fresh = s.decide(await s.fresh_control())
+                if fresh.admitted:
+                    return outcome
+                decision = fresh
+            else:
                 return outcome
-            s.forget_control()
-            decision = GateDecision(Admission.HOLD, HOLD_CODE, outcome.body["error"]["message"], 503, None,
-                                    RETRY_AFTER_S)
     finally:
         if budget.first_held is not None:
             s.metrics.intake_hold_seconds.observe(budget.held_s)

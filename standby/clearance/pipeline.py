@@ -22,7 +22,7 @@ from standby.domain.errors import DomainError
 from standby.domain.risk import RiskRules
 from standby.domain.tariff import Tariff
 from standby.store.engine import is_sqlite
-from standby.intake_gate import HOLD_CODE, GateDecision, decide
+from standby.intake_gate import HOLD_CODE, REFUSAL_CODES, GateDecision, decide
 from standby.store.schema import idempotency_keys
 from standby.store.site import lock_control_for_batch
 
@@ -153,6 +153,11 @@ def gate_outcome(gate: GateDecision) -> Outcome:
     recognises it with `is_hold` and holds the command rather than answering. Nothing was written for it, not even
     its idempotency record, so resubmitting the same command later is safe."""
     return refused(gate.status, gate.code, gate.message)
+
+
+def is_gate_refusal(outcome: Outcome) -> bool:
+    """Whether a worker's answer is the gate's refusal (not primary, fenced, no control row): nothing was written."""
+    return outcome.status == 503 and outcome.body.get("error", {}).get("code") in REFUSAL_CODES
 
 
 def is_hold(outcome: Outcome) -> bool:

@@ -19,6 +19,7 @@ from standby.store.schema import declarations
 from standby.store.site import fence, freeze, promote, read_control, resume
 from tests.conftest import ServedSite, Tokens, make_site_db
 from tests.integration.http_helpers import OFFICE, get, payload, post, refusal
+from tests.integration.test_postgres_freeze_barrier import CountAtFreeze
 
 B_URL = "http://127.0.0.1:8499"
 
@@ -128,11 +129,13 @@ def test_writes_in_flight_during_a_freeze_are_held_then_all_succeed_once_resumed
         for i in range(6):
             pool.submit(writer, i)
         h.until(lambda: len(answers) >= 20, "writes flow")
-        frozen = freeze(h.engine, "A", epoch=h.epoch, hold_s=30, hold_max=1000)
-        rows_at_freeze = h.rows()
+        epoch = h.epoch
+        with CountAtFreeze(h.engine) as at_freeze:
+            frozen = freeze(h.engine, "A", epoch=epoch, hold_s=30, hold_max=1000)
         assert frozen.intake_state is IntakeState.FROZEN and frozen.drained_s is not None
         h.until(lambda: h.services.held >= 3, "writes are held")
-        assert h.rows() == rows_at_freeze  # the freeze is a barrier: no batch committed after it
+        # the freeze is a barrier (BEGIN IMMEDIATE on SQLite): what it counted before committing is all there is
+        assert h.rows() == at_freeze.rows
         resume(h.engine, "A", epoch=frozen.epoch)
         h.until(lambda: len(answers) >= 60, "writes flow again")
         stop.set()
@@ -257,3 +260,15 @@ def test_a_write_that_meets_frozen_at_the_worker_is_held_and_carried_out_once(h,
     again = _write(h, tax_codes[8], "worker-saw-frozen-1", body)  # the same key: the stored answer, nothing new
     assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true"
     assert again.json()["number"] == resp.json()["number"] and h.rows() == before + 1
+
+
+def test_a_write_that_meets_fenced_at_the_worker_gets_503_naming_the_new_primary(h, tax_codes):
+    h.services.control_ttl_s = 3600.0  # the API keeps its cached "open" row: only the worker sees the fencing
+    with h.client() as c:
+        assert c.get("/readyz").status_code == 200
+    before = h.rows()
+    fence(h.engine, "A", epoch=h.epoch + 1, primary_site="B")
+    resp = _write(h, tax_codes[9])
+    error = refusal(resp, 503, "fenced")
+    assert (error["primary_site"], error["primary_url"], resp.headers["Retry-After"]) == ("B", B_URL, "1")
+    assert h.rows() == before

@@ -55,9 +55,12 @@ class CountAtFreeze:
 
     def _hook(self, conn, cursor, statement, parameters, context, executemany) -> None:
         if statement.lstrip().upper().startswith("UPDATE SITE_CONTROL"):
-            with conn.connection.cursor() as raw:  # the same connection, so the same transaction
+            raw = conn.connection.cursor()  # the same connection, so the same transaction (PostgreSQL or SQLite)
+            try:
                 raw.execute("SELECT count(*) FROM declarations")
                 self.rows = raw.fetchone()[0]
+            finally:
+                raw.close()
 
 
 def _lock_waiters(observer: Engine, query_prefix: str) -> int:

@@ -90,3 +90,10 @@ def test_the_decision_is_a_frozen_value():
     assert decision == GateDecision(Admission.ADMIT, primary_site="A")
     with pytest.raises(AttributeError):
         decision.code = "x"  # type: ignore[misc]
+
+
+def test_every_refusal_code_is_listed_as_one_and_the_hold_code_is_not():
+    from standby.intake_gate import REFUSAL_CODES
+    refusals = {decide("A", None).code, decide("A", Row(intake_state=I.FENCED)).code,
+                decide("B", Row(role=SiteRole.STANDBY)).code, decide("A", Row(), authority_epoch=9).code}
+    assert refusals == REFUSAL_CODES and HOLD_CODE not in REFUSAL_CODES
