@@ -9,8 +9,8 @@ Contract (`PrimaryWatch`):
   Lookups are serialised: a backend object is never called from two threads at once.
 - `state` is the last state the witness gave (None until the first answer); reading it is a plain attribute read.
 - A lookup that raises keeps the previous state (a witness that cannot be reached does not make the primary
-  unknown: the sites themselves refuse writes under a stale epoch), counts in `errors` and calls `on_error()`; the first error of a
-  run of errors is logged, without the witness URL's credentials (the front is never given them).
+  unknown: the sites themselves refuse writes under a stale epoch), counts in `errors` and calls `on_error()`; the
+  first error of a run of errors is logged by its type only (a message could carry the witness URL's password).
 - `stop()` ends the thread and waits for it.
 """
 from __future__ import annotations

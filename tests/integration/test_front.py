@@ -7,6 +7,7 @@ A, with its own site digit. Roles move as a switchover moves them: fence the old
 newer epoch (intake frozen), name it in the witness, resume."""
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -24,7 +25,7 @@ from sqlalchemy import func, select
 from cutover.front.app import build_front
 from cutover.witness import open_witness
 from standby.domain.states import IntakeState, SiteRole
-from standby.settings import FrontSettings, Settings, load_settings
+from standby.settings import FrontSettings, HttpSettings, Settings, load_settings
 from standby.site_process import BackgroundServer
 from standby.store.schema import declarations, idempotency_keys
 from standby.store.site import fence, promote, read_control, resume
@@ -101,13 +102,13 @@ def start_front(pair, tmp_path):
     """start_front(initialise=..., **front settings) -> RunningFront on a fresh SQLite witness file."""
     started: list[RunningFront] = []
 
-    def start(initialise: str | None = "A", **front) -> RunningFront:
+    def start(initialise: str | None = "A", sites: dict | None = None, **front) -> RunningFront:
         url = f"sqlite:///{tmp_path / f'witness-{len(started)}.db'}"
         operator = open_witness(url)
         if initialise:
             operator.initialise(initialise)
-        settings = Settings(root=REPO, sites={"A": pair.a.db.settings.site("A"), "B": pair.b.db.settings.site("B")},
-                            witness_url=url, front=FrontSettings(port=free_port(), **front))
+        sites = sites or {"A": pair.a.db.settings.site("A"), "B": pair.b.db.settings.site("B")}
+        settings = Settings(root=REPO, sites=sites, witness_url=url, front=FrontSettings(port=free_port(), **front))
         lookup_witness = open_witness(url)  # the front's own connection, as in its own process
         app = build_front(settings, lookup_witness.state)
         server = BackgroundServer(app, "127.0.0.1", settings.front.port).start()
@@ -377,6 +378,73 @@ def test_reads_are_never_held(pair, start_front):
         running.witness.promote("A", running.witness.state().epoch)
         thread.join(120)
     assert box["result"].status_code == 201 and box["result"].headers["x-standby-site"] == "A", box
+
+
+# --- broken connections ----------------------------------------------------------------------------------------------
+
+
+class CuttingProxy:
+    """A TCP proxy in front of a site that, when asked, cuts the connection after the site has answered and before
+    the answer reaches the front: the write was carried out, its answer lost."""
+
+    def __init__(self, target_port: int):
+        self.target_port, self.port, self.cuts = target_port, free_port(), 0
+        self.cut_next = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", self.port), self.loop).result(10)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def to_site() -> None:
+            while data := await reader.read(65536):
+                up_writer.write(data)
+                await up_writer.drain()
+            up_writer.close()
+
+        async def to_front() -> None:
+            while data := await up_reader.read(65536):
+                if self.cut_next.is_set():
+                    self.cut_next.clear()
+                    self.cuts += 1
+                    writer.transport.abort()  # a reset: the front sees the connection break mid-request
+                    up_writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        await asyncio.gather(to_site(), to_front(), return_exceptions=True)
+
+    def stop(self) -> None:
+        self.server.close()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_a_write_whose_connection_broke_after_the_site_answered_is_sent_again_and_answered_once(pair, start_front):
+    """The site carried the write out but its answer was lost to a reset: the front sends it again (same key) and
+    the site answers it from its stored result; the client sees one 201, the site holds one row."""
+    site_primary(pair, "A")
+    proxy = CuttingProxy(pair.a.db.settings.site("A").http.port)
+    try:
+        via_proxy = pair.a.db.settings.site("A").model_copy(update={"http": HttpSettings(port=proxy.port)})
+        running = start_front(sites={"A": via_proxy, "B": pair.b.db.settings.site("B")})
+        key = f"front-cut-{uuid.uuid4().hex}"
+        with httpx.Client(base_url=running.url, timeout=60) as client:
+            proxy.cut_next.set()
+            answer = post_declaration(client, pair, 5, key)
+        assert proxy.cuts == 1
+        assert answer.status_code == 201, answer.text
+        assert answer.headers["idempotent-replayed"] == "true"  # the second send found the first one's result
+        assert keys_at(pair, "A", [key]) == {key: 1}
+        assert declaration_count(pair, "A", answer.json()["number"]) == 1
+        assert metric(running.url, "front_held_total") == 1 and metric(running.url, "front_released_total") == 1
+    finally:
+        proxy.stop()
 
 
 # --- a site stops mid-stream -----------------------------------------------------------------------------------------
