@@ -246,7 +246,9 @@ class PgChangeSource:
 
         A synchronous commit of an empty transaction first flushes the WAL of every commit before the call (with
         synchronous_commit=off they would not be decodable yet), then the slot is peeked up to the current WAL
-        position. Cheap once caught up: the peek decodes only what the slot has not confirmed."""
+        position. Cheap once caught up: the peek decodes only what the slot has not confirmed. It changes nothing in
+        this object, so it may be called beside the thread that reads (the slot may be busy for a moment:
+        SourceUnavailable, which replication.progress.committed_position retries)."""
         with self._guard("find the last committed position"):
             with self.engine.begin() as conn:  # an xid makes a commit record; on: the commit waits for the flush
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO on")

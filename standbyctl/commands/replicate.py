@@ -45,8 +45,9 @@ def replicate(cli: CliContext, source_site: str, target_site: str, partitions: i
     Runs until SIGTERM or Ctrl-C (it finishes the window in hand and stops cleanly; the next start resumes from the
     positions stored with the rows), or until SOURCE is no longer primary (fenced by a switchover) and TARGET has
     everything it committed: then the stream is finished and retired (slot dropped, positions forgotten) and the
-    command exits 0. A stream prepared without a snapshot (the reverse of a switchover) resumes from its positions. On PostgreSQL it creates a logical replication slot on the primary: while the
-    slot is not consumed the primary keeps its WAL (see replication_slot_retained_wal_bytes)."""
+    command exits 0. A stream prepared without a snapshot (the reverse of a switchover) resumes from its positions.
+    On PostgreSQL it creates a logical replication slot on the primary: while the slot is not consumed the primary
+    keeps its WAL (see replication_slot_retained_wal_bytes)."""
     if source_site == target_site:
         fail("--from and --to must be different sites", 2)
     primary, standby = open_site_database(cli, source_site), open_site_database(cli, target_site)

@@ -3,21 +3,25 @@ stream finishes by itself and writes no heartbeat to A after; B promoted (sequen
 B -> A prepared without a snapshot before B takes writes; B's writes reach A; A == B."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 
 import pytest
+import yaml
 from sqlalchemy import func, insert, select
 
 from replication.heartbeat import write_heartbeat
-from replication.progress import applied_position
+from replication.progress import applied_position, wait_until_applied
 from replication.promotion import advance_sequences
 from replication.replicator import StreamFinished
+from replication.sources import open_source
 from replication.streams import StreamConflict, prepare_stream, retire_stream
 from replication.verify import verify
 from standby.store import site
 from standby.store.engine import make_engine
 from standby.store.schema import audit_log, change_log, declarations, replication_heartbeat
-from tests.conftest import make_site_db
+from tests.conftest import REPO, make_site_db
 from tests.integration.replica import Intake, Stream, make_standby
 
 
@@ -135,3 +139,35 @@ def test_switchover_finishes_the_old_stream_and_reverses_it_without_a_snapshot(s
         forward.close()
         a_engine.dispose()
         b_engine.dispose()
+
+
+def test_standbyctl_replicate_finishes_and_exits_0_once_its_source_is_fenced(tmp_path, org, tariff, rules):
+    a = make_site_db(tmp_path, org, enterprises_count=300)
+    b_url = f"sqlite:///{tmp_path / 'site-b.db'}"
+    make_standby(b_url)
+    config = tmp_path / "replicate.yaml"
+    config.write_text(yaml.safe_dump({
+        "root": str(REPO), "data_dir": str(tmp_path),
+        "sites": {"A": {"site_digit": 1, "database_url": a.url, "http": {"port": 1}},
+                  "B": {"site_digit": 2, "database_url": b_url, "http": {"port": 2}}},
+        "ray": {"num_cpus": 2}}))
+    Intake(a.url, a.active_enterprises(100), tariff, rules).run_batches(2)
+    proc = subprocess.Popen([sys.executable, "-m", "standbyctl.cli", "--config", str(config), "replicate", "--from",
+                             "A", "--to", "B", "--metrics-port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True, text=True)
+    source, a_engine, b_engine = open_source(a.url, "A", "B"), make_engine(a.url), make_engine(b_url, writer=False)
+    try:
+        wait_until_applied(source, b_engine, "A-to-B", timeout_s=180)
+        site.freeze(a_engine, "A", epoch=1, hold_s=5.0, hold_max=10)
+        site.fence(a_engine, "A", epoch=2, primary_site="B")
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        source.close()
+        a_engine.dispose()
+        b_engine.dispose()
+    assert proc.returncode == 0, out
+    assert "source A is no longer primary (fenced at epoch 2); stream A-to-B finished at position" in out, out
+    assert applied_position(make_engine(b_url, writer=False), "A-to-B") is None, "the finished stream is retired"
+    assert scalar(b_url, select(func.count()).select_from(declarations)) == 100

@@ -62,7 +62,8 @@ def test_caught_up_compares_positions_and_nothing_applied_is_never_caught_up():
 def test_not_caught_up_says_what_and_how_far():
     err = NotCaughtUp(120, 100, "A-to-B", 2.0)
     assert (err.target, err.applied, err.stream) == (120, 100, "A-to-B")
-    assert "stream A-to-B" in str(err) and "120" in str(err) and "applied 100" in str(err) and "20 positions" in str(err)
+    assert "stream A-to-B" in str(err) and "120" in str(err) and "applied 100" in str(err)
+    assert "20 positions" in str(err)
     assert "within 2 s" in str(err)
     assert "no positions" in str(NotCaughtUp(5, None, "A-to-B"))
 
