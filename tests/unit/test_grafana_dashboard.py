@@ -1,7 +1,7 @@
 """The SRE Grafana dashboard (config/grafana/standby-clearance.json) is valid and uses only metrics that exist.
 
-Every metric name in a PromQL expression must be exported by SiteMetrics or ReplicationMetrics, or be one of the
-planned runbook metrics that the cutover work has to export under exactly these names (config/grafana/README.md).
+Every metric name in a PromQL expression must be exported by SiteMetrics, ReplicationMetrics or RunbookMetrics (the
+runbook process's /metrics, config/grafana/README.md "Runbook metrics").
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cutover.runbook.metrics import RunbookMetrics
 from replication.metrics import ReplicationMetrics
 from standby.api.metrics import SiteMetrics
 
@@ -19,10 +20,14 @@ README = DASHBOARD.parent / "README.md"
 METRIC = re.compile(r"\b(?:clearance|replication|runbook)_[a-z_]+")
 SUFFIXES = ("", "_bucket", "_count", "_sum", "_total")
 
-# Planned by issue 4 for the cutover work: runbook_state{runbook,operator} gauge (1 = running),
-# runbook_step_index{runbook} and runbook_steps_total{runbook} gauges, runbook_freeze_seconds histogram.
-PLANNED_RUNBOOK = {"runbook_state", "runbook_step_index", "runbook_steps_total", "runbook_freeze_seconds",
-                   "runbook_freeze_seconds_bucket", "runbook_freeze_seconds_count", "runbook_freeze_seconds_sum"}
+# Planned by issue 4 (the first four) and exported by RunbookMetrics under exactly these names, types and labels.
+RUNBOOK_METRICS = {"runbook_state": ("gauge", {"runbook", "operator"}),
+                   "runbook_step_index": ("gauge", {"runbook"}),
+                   "runbook_steps_total": ("gauge", {"runbook"}),
+                   "runbook_freeze_seconds": ("histogram", set()),
+                   "runbook_step_duration_seconds": ("histogram", {"runbook", "step"}),
+                   "runbook_step_started_timestamp_seconds": ("gauge", {"runbook"}),
+                   "runbook_step_timeout_seconds": ("gauge", {"runbook"})}
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +60,16 @@ def queries(node) -> list[str]:
     return found
 
 
+def runbook_registry():
+    metrics = RunbookMetrics("switchover", "alice", 9)
+    metrics.step_ends("freeze", 0.3)  # so labelled histograms have samples to collect
+    metrics.observe_freeze(0.4)
+    return metrics.registry
+
+
 def exported_names() -> set[str]:
     names = set()
-    for registry in (SiteMetrics("A").registry, ReplicationMetrics("s").registry):
+    for registry in (SiteMetrics("A").registry, ReplicationMetrics("s").registry, runbook_registry()):
         for family in registry.collect():
             names.update(family.name + suffix for suffix in SUFFIXES)
             names.update(sample.name for sample in family.samples)
@@ -93,12 +105,12 @@ def test_every_panel_has_title_description_datasource_and_target(dashboard):
         assert len(refs) == len(set(refs)), p["title"]
 
 
-def test_rows_in_order_and_runbooks_collapsed(dashboard):
+def test_rows_in_order_and_all_expanded(dashboard):
     rows = [p for p in dashboard["panels"] if p["type"] == "row"]
     assert [r["title"].split()[0] for r in rows] == ["Sites", "Intake", "Latency", "Replication", "Runbooks"]
-    runbooks = rows[-1]
-    assert runbooks["collapsed"] and "PLANNED" in runbooks["title"] and runbooks["panels"]
-    assert all(not r["panels"] for r in rows[:-1])  # expanded rows keep their panels at top level
+    assert all(not r["collapsed"] and not r["panels"] for r in rows)  # expanded rows keep panels at top level
+    runbook_panels = dashboard["panels"][dashboard["panels"].index(rows[-1]) + 1:]
+    assert len(runbook_panels) >= 7 and not any("PLANNED" in p["description"] for p in runbook_panels)
 
 
 def test_expressions_are_balanced(dashboard):
@@ -108,21 +120,30 @@ def test_expressions_are_balanced(dashboard):
         assert expr.count('"') % 2 == 0, expr
 
 
-def test_every_metric_used_exists_or_is_planned(dashboard):
+def test_every_metric_used_exists(dashboard):
     exported = exported_names()
     used = {name for expr in queries(dashboard) for name in METRIC.findall(expr)}
     assert used, "no metric names found in the dashboard"
-    unknown = used - exported - PLANNED_RUNBOOK
-    assert not unknown, f"metrics not exported by SiteMetrics/ReplicationMetrics nor planned: {sorted(unknown)}"
-    # Runbook metrics stay inside the collapsed Runbooks row until the cutover work exports them.
-    runbooks_row = next(p for p in dashboard["panels"] if p["type"] == "row" and p["title"].startswith("Runbooks"))
-    outside = [p for p in dashboard["panels"] if p is not runbooks_row]
-    assert not any(n.startswith("runbook_") for n in METRIC.findall(" ".join(queries(outside))))
+    unknown = used - exported
+    assert not unknown, f"metrics not exported by SiteMetrics/ReplicationMetrics/RunbookMetrics: {sorted(unknown)}"
+    assert {n for n in used if n.startswith("runbook_")} >= {"runbook_state", "runbook_step_index",
+                                                             "runbook_steps_total", "runbook_freeze_seconds_bucket",
+                                                             "runbook_step_duration_seconds_sum"}
 
 
-def test_readme_lists_the_planned_runbook_metrics():
+def test_runbook_metrics_are_exported_with_the_planned_names_types_and_labels():
+    families = {f.name: f for f in runbook_registry().collect()}
+    for name, (kind, labels) in RUNBOOK_METRICS.items():
+        assert families[name].type == kind, name
+        sample_labels = {k for s in families[name].samples for k in s.labels if k != "le"}
+        assert sample_labels == labels, name
+    buckets = {s.labels["le"] for s in families["runbook_freeze_seconds"].samples if "le" in s.labels}
+    assert "2.0" in buckets
+
+
+def test_readme_lists_the_runbook_metrics():
     text = README.read_text(encoding="utf-8")
-    for name in ("runbook_state", "runbook_step_index", "runbook_steps_total", "runbook_freeze_seconds"):
+    for name in RUNBOOK_METRICS:
         assert f"`{name}" in text, name
 
 
