@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+
+from replication.errors import SourceUnavailable
 
 from standby.domain.states import IntakeState, SiteRole
 from standby.store.engine import is_sqlite
@@ -42,7 +45,8 @@ def serving_primary(role: str | None, intake_state: str | None) -> bool:
 def write_heartbeat(engine: Engine, source: str, now: float) -> SourceRetired | None:
     """Upsert the heartbeat row of site `source` if its control row says it is a serving primary; return None when
     written, SourceRetired (nothing written) when not. On PostgreSQL the control row is read FOR SHARE, so a fence
-    (an UPDATE of that row) waits for a beat in flight and a beat after it sees the fence."""
+    (an UPDATE of that row) waits for a beat in flight and a beat after it sees the fence. A database that cannot
+    be reached or is locked raises SourceUnavailable (transient: the replicator retries the step)."""
     dialect = sqlite if is_sqlite(engine) else postgresql
     stmt = dialect.insert(replication_heartbeat).values(source=source, at=now, counter=1)
     stmt = stmt.on_conflict_do_update(index_elements=["source"],
@@ -50,6 +54,13 @@ def write_heartbeat(engine: Engine, source: str, now: float) -> SourceRetired | 
     control = select(site_control.c.role, site_control.c.intake_state,
                      func.coalesce(site_control.c.fenced_epoch, site_control.c.epoch)).where(
         site_control.c.site_id == source)
+    try:
+        return _beat(engine, source, stmt, control)
+    except OperationalError as exc:
+        raise SourceUnavailable(f"cannot write the heartbeat of site {source}: {exc.orig}") from exc
+
+
+def _beat(engine: Engine, source: str, stmt, control) -> SourceRetired | None:
     with engine.begin() as conn:  # SQLite writer engines BEGIN IMMEDIATE: the check and the write are one step
         if not is_sqlite(engine):
             control = control.with_for_update(read=True)
