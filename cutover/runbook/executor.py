@@ -180,7 +180,7 @@ class Executor:
         except RefError as exc:
             self._append(run_id, step.id, StepPhase.FAILED.value, {"error": str(exc)})
             return
-        self._append(run_id, step.id, StepPhase.INTENT.value, {"args": args, "by": self.operator})
+        self._append(run_id, step.id, StepPhase.INTENT.value, {"args": _recorded(step, args), "by": self.operator})
         budget = step.timeout_s * step.retries.attempts + step.retries.wait_s * (step.retries.attempts - 1)
         if self.metrics:
             self.metrics.step_begins(i, self.clock(), budget)
@@ -189,7 +189,8 @@ class Executor:
         try:
             result = self._attempts(step, lambda: self._operate(step, args, run_id, params))
         except Exception as exc:  # noqa: BLE001 - any failure of the step is journaled, then unwound
-            self._step_failed(run_id, i, args, str(exc) or type(exc).__name__, self.monotonic() - started)
+            self._step_failed(run_id, i, _recorded(step, args), str(exc) or type(exc).__name__,
+                              self.monotonic() - started)
             return
         took = self.monotonic() - started
         self._append(run_id, step.id, StepPhase.ACTED.value, {"result": result, "duration_s": took})
@@ -236,7 +237,8 @@ class Executor:
             self._append(run_id, step.id, StepPhase.ROLLBACK_INTENT.value, {"args": None})
             self._append(run_id, step.id, StepPhase.ROLLBACK_FAILED.value, {"error": str(exc)})
             return
-        self._append(run_id, step.id, StepPhase.ROLLBACK_INTENT.value, {"args": args, "by": self.operator})
+        self._append(run_id, step.id, StepPhase.ROLLBACK_INTENT.value,
+                     {"args": _recorded(step.rollback, args), "by": self.operator})
         self.observer.step_started(i, step, "rollback")
         started = self.monotonic()
         try:
@@ -245,12 +247,13 @@ class Executor:
             took = self.monotonic() - started
             self._append(run_id, step.id, StepPhase.ROLLBACK_FAILED.value, {"error": str(exc), "duration_s": took})
             self.observer.step_finished(i, step, "rollback", False, took, {"error": str(exc)})
-            self._audit("runbook.rollback", f"{run_id}/{step.id}", args, "failed", took, {"error": str(exc)})
+            self._audit("runbook.rollback", f"{run_id}/{step.id}", _recorded(step.rollback, args), "failed", took,
+                        {"error": str(exc)})
             return
         took = self.monotonic() - started
         self._append(run_id, step.id, StepPhase.ROLLED_BACK.value, {"result": result, "duration_s": took})
         self.observer.step_finished(i, step, "rollback", True, took, result)
-        self._audit("runbook.rollback", f"{run_id}/{step.id}", args, "ok", took, result)
+        self._audit("runbook.rollback", f"{run_id}/{step.id}", _recorded(step.rollback, args), "ok", took, result)
 
     def _finish(self, record: RunRecord, move: Move) -> RunOutcome:
         status = move.terminal_status
@@ -330,6 +333,14 @@ class Executor:
     @staticmethod
     def _owner() -> dict:
         return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _recorded(op: Operation, args: Any) -> Any:
+    """The arguments as journaled and audited: an HTTP call's header values (credentials) are not kept. Nothing
+    reads them back to act: a resumed step resolves its arguments again from the runbook and the parameters."""
+    if op.http is not None and isinstance(args, dict) and args.get("headers"):
+        return args | {"headers": {k: "(not recorded)" for k in args["headers"]}}
+    return args
 
 
 def request_abort(witness: Witness, run_id: str, operator: str, reason: str, clock: Callable[[], float] = time.time

@@ -22,7 +22,7 @@ from cutover.runbook.dryrun import dry_run
 from cutover.runbook.executor import (Executor, RunObserver, RunOutcome, owner_alive, request_abort, run_origin)
 from cutover.runbook.loader import LoadedRunbook, RunbookError, bind_params, find_runbook, load_runbook
 from cutover.runbook.metrics import RunbookMetrics
-from cutover.runbook.plan import RunStatus
+from cutover.runbook.plan import IllegalTransition, RunStatus
 from cutover.witness.contract import WitnessError
 from standbyctl.context import CliContext, fail, pass_cli
 
@@ -313,7 +313,17 @@ def _drive(loaded, registry, witness, services, who: str, assume_yes: bool, metr
     except KeyboardInterrupt:
         observer.close()
         fail("interrupted; the journal is intact: `standbyctl runbook resume` continues, `abort` unwinds", 1)
+    except WitnessError:
+        raise  # _witness() says it in one line
+    except IllegalTransition as exc:
+        observer.close()
+        fail(f"the run's journal does not fit the runbook ({exc}); nothing was done", 1)
+    except Exception as exc:  # noqa: BLE001 - an operator gets one line, the journal keeps the truth
+        observer.close()
+        fail(f"the engine stopped: {type(exc).__name__}: {exc}; the journal is intact, "
+             "`standbyctl runbook status RUN_ID` shows it and `resume` continues", 1)
     finally:
+        observer.close()
         if server is not None:
             server.shutdown()
 

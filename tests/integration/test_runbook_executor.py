@@ -248,3 +248,64 @@ def test_resume_of_a_finished_run_changes_nothing(registry, witness, fx):
     again = ex.resume(outcome.run_id)
     assert again.status is RunStatus.DONE and len(witness.entries(outcome.run_id)) == before
     assert lines(fx / "invocations.log").count("do one") == 1
+
+
+@pytest.fixture()
+def other_system():
+    """A site's tax/manifest/risk system stand-in: records what it was sent, answers 201 with JSON."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the stdlib's name
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, self.headers.get("Authorization"), body))
+            status = 500 if self.path.endswith("/broken") else 201
+            payload = json.dumps({"ticket": f"T-{len(seen)}"}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+
+
+def test_http_steps_call_another_system_pass_results_on_and_keep_no_credentials(registry, witness, tmp_path,
+                                                                               other_system):
+    url, seen = other_system
+    path = tmp_path / "http.yaml"
+    path.write_text(f"""
+name: http
+description: tell the risk system, then a broken manifest system fails the run
+params:
+  site: {{type: str, default: B}}
+steps:
+  - id: risk
+    http:
+      method: POST
+      url: "{url}/cutover/${{params.site}}"
+      headers: {{Authorization: "Bearer s3cret"}}
+      json: {{site: "${{params.site}}"}}
+      expect_status: 201
+    rollback:
+      http: {{method: POST, url: "{url}/undo/${{steps.risk.body.ticket}}", json: {{}}, expect_status: [201]}}
+  - id: manifest
+    http: {{method: POST, url: "{url}/broken", json: {{after: "${{steps.risk.body.ticket}}"}}}}
+""")
+    loaded = load_runbook(path, registry)
+    outcome = Executor(loaded, registry, witness, operator="alice").run(bind_params(loaded, {}))
+    assert outcome.status is RunStatus.ROLLED_BACK and "answered 500, expected 200" in outcome.reason
+    assert seen == [("/cutover/B", "Bearer s3cret", {"site": "B"}), ("/broken", None, {"after": "T-1"}),
+                    ("/undo/T-1", None, {})]
+    journal = repr(witness.entries(outcome.run_id)) + repr(witness.audit_records(50))
+    assert "s3cret" not in journal and "(not recorded)" in journal

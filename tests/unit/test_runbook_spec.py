@@ -110,3 +110,22 @@ def test_good_runbooks_load(registry):
     for name in ("files", "rollback", "params"):
         loaded = load_runbook(RUNBOOKS / f"{name}.yaml", registry)
         assert loaded.runbook.name == name and len(loaded.sha256) == 64
+
+
+def test_every_runbook_under_runbooks_loads_with_standbyctls_registry_and_has_its_description(tmp_path):
+    from cutover.witness import open_witness
+    from standby.settings import load_settings
+    from standbyctl.runbook_registry import build_registry
+
+    repo = RUNBOOKS.parents[1]
+    settings = load_settings(repo / "config" / "standby.yaml")
+    witness = open_witness(f"sqlite:///{tmp_path / 'witness.db'}")
+    try:
+        registry = build_registry(settings, witness)
+    finally:
+        witness.close()
+    assert {"wait", "check_http", "fail"} <= set(registry.names())
+    for path in sorted((repo / "runbooks").glob("*.yaml")):
+        loaded = load_runbook(path, registry)  # RunbookError names the file and line
+        assert loaded.runbook.name == path.stem, path
+        assert path.with_suffix(".md").is_file(), f"{path.name} needs its operator's description beside it"
