@@ -247,7 +247,7 @@ def abort(cli: CliContext, run_id: str, reason: str, operator: str | None, token
     who = _operator(cli, operator, token)
     with _witness(cli) as witness:
         registry, services = _registry(cli, witness)
-        loaded = _run_runbook(witness, run_id, registry)
+        loaded = _run_runbook(witness, run_id, registry, driven_elsewhere_ok=True)
         try:
             request_abort(witness, run_id, who, reason)
         except (KeyError, ValueError) as exc:
@@ -284,13 +284,15 @@ def status(cli: CliContext, run_id: str, as_json: bool) -> None:
     console.print(table)
 
 
-def _run_runbook(witness, run_id: str, registry: ActionRegistry) -> LoadedRunbook:
-    """The runbook a run was started with; refused if its file changed since (a different plan mid-run)."""
+def _run_runbook(witness, run_id: str, registry: ActionRegistry, *, driven_elsewhere_ok: bool = False
+                 ) -> LoadedRunbook:
+    """The runbook a run was started with; refused if its file changed since (a different plan mid-run), or, unless
+    `driven_elsewhere_ok`, while another live process drives the run."""
     record = witness.run(run_id)
     if record is None:
         fail(f"no run {run_id!r} in the witness", 2)
     entries = witness.entries(run_id)
-    if owner_alive(entries) and not RunStatus(record.status).is_terminal:
+    if not driven_elsewhere_ok and owner_alive(entries) and not RunStatus(record.status).is_terminal:
         pid = [e for e in entries if e.phase in ("started", "resumed")][-1].detail.get("pid")
         fail(f"run {run_id} is being driven by process {pid} on this host; stop it first or use abort", 2)
     origin = run_origin(entries)

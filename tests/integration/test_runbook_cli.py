@@ -168,3 +168,39 @@ def test_metrics_are_served_while_the_run_is_in_progress(world):
     assert 'runbook_steps_total{runbook="scrape"} 2.0' in body
     assert 'runbook_step_duration_seconds_count{runbook="scrape",step="first"} 1.0' in body
     assert 'runbook_freeze_seconds_bucket{le="2.0"} 0.0' in body
+
+
+def test_abort_while_the_run_is_alive_is_carried_out_by_the_running_process(world):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    tmp_path, config, fx = world
+    (fx / "hold-three-after-2").touch()  # step three blocks half-way
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("standbyctl")), "--config", str(config), "runbook",
+                             "run", str(RUNBOOKS / "files.yaml"), *files_params(fx), "--operator", "alice",
+                             "--metrics-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (fx / "started-three-after-2").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else ""
+            time.sleep(0.02)
+        w = witness_of(tmp_path)
+        run_id = w.runs(1)[0].run_id
+        w.close()
+        resume = cli(config, "resume", run_id, "--operator", "bob", "--metrics-port", "0")
+        assert resume.exit_code == 2 and "being driven by process" in one_line_error(resume)
+        result = cli(config, "abort", run_id, "--operator", "bob", "--reason", "change window over")
+        assert result.exit_code == 0 and "rolls back before its next step" in result.output
+        (fx / "hold-three-after-2").unlink()
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1, out
+    assert "aborted: change window over" in out
+    assert (fx / "undo.log").read_text().split() == ["two"]
+    assert "four" not in (fx / "ledger.log").read_text().split()
