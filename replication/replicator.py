@@ -196,9 +196,10 @@ class Replicator:
     def _beat(self) -> None:
         now = self.clock()
         if self.heartbeat and self.retired is None and now - self._last_heartbeat >= self.o.heartbeat_interval_s:
-            self.retired = self.heartbeat(now)
+            beat = self.heartbeat(now)
             self._last_heartbeat = now
-            if self.retired is not None:
+            if isinstance(beat, SourceRetired):  # other callables may return what they wrote (a counter, None)
+                self.retired = beat
                 log.info("stream %s: %s; applying what it committed, then finishing", self.o.stream,
                          self.retired.describe())
 

@@ -14,8 +14,10 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
+from replication.progress import applied_position
+from replication.sources import stream_name
 from standby.store.engine import make_engine
-from standby.store.schema import declarations, replication_state
+from standby.store.schema import declarations
 from tests.conftest import REPO, make_site_db
 from tests.integration.replica import Intake, Stream, make_standby
 
@@ -42,8 +44,7 @@ def _replicate(config: Path, once: bool = False) -> subprocess.Popen:
 def _applied(standby_url: str) -> int:
     engine = make_engine(standby_url, writer=False)
     try:
-        with engine.connect() as conn:
-            return conn.execute(select(func.coalesce(func.min(replication_state.c.position), 0))).scalar()
+        return applied_position(engine, stream_name("A", "B")) or 0
     except Exception:
         return 0
     finally:

@@ -1,14 +1,17 @@
 """The pure parts of replication progress, stream names, stream starts and a stream's end."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
 from replication.errors import SourceUnavailable
 from replication.heartbeat import SourceRetired, serving_primary
+from replication.metrics import ReplicationMetrics
 from replication.progress import NotCaughtUp, caught_up, committed_position, wait_until_applied
-from replication.replicator import StreamFinished, stream_done
+from replication.replicator import Replicator, ReplicatorOptions, StreamFinished, stream_done
 from replication.sources import slot_name, stream_name, stream_sites
 from replication.streams import StreamConflict, decide_start
 from standby.store.schema import replication_state
@@ -160,3 +163,74 @@ def test_a_start_that_would_skip_or_replay_changes_is_refused_unless_replaced():
     with pytest.raises(StreamConflict, match="partitions"):
         decide_start({0: 50}, 2, 50, replace=False, continues=lambda lowest: True)
     assert decide_start({0: 40, 1: 40}, 2, 50, replace=True, continues=lambda lowest: False) == ("write", 50)
+
+
+class IdleSource:
+    """A source with nothing new to read, whose committed position is `committed`."""
+
+    read_ahead = False
+
+    def __init__(self, committed: int):
+        self.committed_at, self.asked = committed, 0
+
+    def read(self, after: int, limit: int) -> list:
+        return []
+
+    def committed(self) -> int:
+        self.asked += 1
+        return self.committed_at
+
+    def head(self) -> int:
+        return self.committed_at
+
+    def acknowledge(self, position: int) -> None:
+        pass
+
+
+class StoredPositions:
+    def __init__(self, positions: dict[int, int]):
+        self.stored = positions
+
+    def positions(self, stream: str) -> dict[int, int]:
+        return dict(self.stored)
+
+
+def replicator_with(source, positions: dict[int, int], heartbeat):
+    ticks = iter(range(10**6))
+    options = ReplicatorOptions("A-to-B", partitions=len(positions), idle_sleep_s=0.0, heartbeat_interval_s=1.0)
+    replicator = Replicator(source, None, StoredPositions(positions), options, ReplicationMetrics("A-to-B"),
+                            heartbeat=heartbeat, clock=lambda: float(next(ticks)))
+    assert replicator.start() is False
+    return replicator
+
+
+def test_run_returns_stream_finished_once_the_source_retired_and_beats_no_more():
+    retired = SourceRetired("A", "standby", "fenced", 2)
+    beats: list[float] = []
+
+    def heartbeat(now: float):
+        beats.append(now)
+        return None if len(beats) < 3 else retired
+    source = IdleSource(committed=5)
+    replicator = replicator_with(source, {0: 5, 1: 5}, heartbeat)
+    result = replicator.run(threading.Event())
+    assert result == StreamFinished("A-to-B", retired, 5) == replicator.finished
+    assert len(beats) == 3 and source.asked == 1, "the committed position is asked only once the source retired"
+    replicator.step()
+    assert len(beats) == 3, "a retired source is never beaten again"
+    replicator.close()
+
+
+def test_run_does_not_finish_while_the_standby_is_behind_the_retired_source():
+    stop = threading.Event()
+    source = IdleSource(committed=9)
+    replicator = replicator_with(source, {0: 5, 1: 7}, lambda now: SourceRetired("A", "standby", "fenced", 2))
+    original = source.committed
+
+    def committed() -> int:  # stop the loop after a few looks: it must still be waiting
+        if source.asked >= 3:
+            stop.set()
+        return original()
+    source.committed = committed
+    assert replicator.run(stop) is None and replicator.finished is None
+    replicator.close()
