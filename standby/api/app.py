@@ -111,6 +111,15 @@ class SiteServices:
         if control:
             self.metrics.show_control(control.role, control.intake_state, control.epoch)
 
+    async def control_or_503(self) -> SiteControl | None:
+        """current_control, with a first read that fails answered as 503 site_unavailable rather than a 500."""
+        try:
+            return await self.current_control()
+        except Exception as exc:
+            log.warning("site %s: reading the control row failed: %s", self.site_id, exc)
+            raise ApiError(503, "site_unavailable", f"site {self.site_id} cannot read its control row: "
+                                                    f"{type(exc).__name__}", headers={"Retry-After": "1"}) from None
+
     async def fresh_control(self) -> SiteControl | None:
         """The control row read now (sharing a re-read already in flight), in a worker thread."""
         self.forget_control()
@@ -131,7 +140,7 @@ class SiteServices:
     async def gate(self) -> GateDecision:
         """The gate for a new write. While others are held it holds too, so writes leave the hold in arrival
         order rather than overtaking it the moment intake opens."""
-        decision = self.decide(await self.current_control())
+        decision = self.decide(await self.control_or_503())
         if decision.admission is Admission.REFUSE and time.monotonic() - self._control_at > self.hold_poll_s:
             # a refusal is worth a fresh look (shared by concurrent writes): a promotion or resume may have just
             # committed, and the cached row would turn writes away for up to control_ttl_s
@@ -399,7 +408,7 @@ def _routes(app: FastAPI, s: SiteServices) -> None:
 
     @app.get("/readyz", tags=["operations"], summary="Ready for writes: the intake gate admits (503 otherwise)")
     async def readyz():
-        control = await s.current_control()
+        control = await s.control_or_503()
         decision = s.decide(control)
         body = {**_control_body(s, control), "ready": decision.admitted}
         if not decision.admitted:

@@ -272,3 +272,28 @@ def test_a_write_that_meets_fenced_at_the_worker_gets_503_naming_the_new_primary
     error = refusal(resp, 503, "fenced")
     assert (error["primary_site"], error["primary_url"], resp.headers["Retry-After"]) == ("B", B_URL, "1")
     assert h.rows() == before
+
+
+def test_a_site_that_cannot_read_its_control_row_answers_writes_503_never_500(tmp_path, tariff):
+    from standby.api.app import SiteServices, create_app
+    from standby.api.metrics import SiteMetrics
+    from standby.store.engine import make_engine
+    from tests.conftest import free_port
+
+    async def no_intake(_command):
+        raise AssertionError("the gate must refuse before any intake")
+
+    tokens = Tokens()
+    services = SiteServices(site_id="A", read_engine=make_engine(f"sqlite:///{tmp_path / 'empty.db'}", writer=False),
+                            submit=no_intake, tokens=tokens, metrics=SiteMetrics("A"))
+    server = BackgroundServer(create_app(services), "127.0.0.1", free_port()).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            resp = post(c, "/v1/declarations", tokens.operator(), payload(tariff, "0100000010"))
+            ready = c.get("/readyz")
+    finally:
+        server.stop()
+        services.read_engine.dispose()
+    refusal(resp, 503, "site_unavailable")
+    refusal(ready, 503, "site_unavailable")
+    assert resp.headers["Retry-After"] == "1"
