@@ -153,10 +153,9 @@ def list_runbooks(cli: CliContext, directory: Path | None) -> None:
     if not runs:
         console.print("no runs yet")
         return
-    table = Table("run", "runbook", "operator", "status", "started (UTC)", title="recent runs")
-    for r in runs:
-        table.add_row(r.run_id, r.runbook, r.operator, r.status, _when(r.started_at))
-    console.print(table)
+    console.print("recent runs (newest first):")
+    for r in runs:  # plain lines: an operator copies the run id into resume / status / abort
+        console.print(f"  {r.run_id}  {r.status:<12} by {r.operator}, started {_when(r.started_at)} UTC")
 
 
 @runbook.command("plan")
