@@ -149,14 +149,16 @@ def test_freeze_waits_for_an_in_flight_batch_which_commits_before_it(site: Engin
         seen["freezer"] = freezer
 
     event.listen(batch_engine, "before_cursor_execute", hook)
-    outcomes = pipeline(batch_engine).process(commands[:20])
+    with CountAtFreeze(site) as at_freeze:
+        outcomes = pipeline(batch_engine).process(commands[:20])
+        seen["freezer"].join(timeout=60)
     event.remove(batch_engine, "before_cursor_execute", hook)
-    seen["freezer"].join(timeout=60)
 
     assert seen["freeze_waited"] and not seen["freeze_returned_early"]
     assert seen["read_meanwhile"] is IntakeState.OPEN  # the drain does not block reads of the row
     assert_all(outcomes, 201)
     assert count(site, declarations) == 20  # the in-flight batch committed
+    assert at_freeze.rows == 20  # ... before the freeze did: its rows were visible inside the freeze's transaction
     (frozen,) = froze
     assert frozen.intake_state is IntakeState.FROZEN and frozen.drained_s > 0
     after = pipeline(batch_engine).process(commands[20:])
