@@ -88,7 +88,7 @@ class Executor:
         self.witness.create_run(RunRecord(run_id, self.runbook.name, self.operator, dict(params),
                                           RunStatus.RUNNING.value, now, now))
         self._append(run_id, RUN_EVENT, RunEvent.STARTED.value, self._owner() | {
-            "path": str(self.loaded.path), "sha256": self.loaded.sha256})
+            "path": str(self.loaded.path.resolve()), "sha256": self.loaded.sha256})
         self._audit("runbook.run", run_id, dict(params), "started", detail={"runbook": self.runbook.name})
         return run_id
 

@@ -15,7 +15,6 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from cutover.runbook.actions import ActionRegistry
 from cutover.runbook.dryrun import dry_run
@@ -277,10 +276,9 @@ def status(cli: CliContext, run_id: str, as_json: bool) -> None:
     console.print(f"run [bold]{record.run_id}[/] of {record.runbook} by {record.operator}: [bold]{record.status}[/]"
                   f"; started {_when(record.started_at)}, updated {_when(record.updated_at)} UTC")
     console.print("parameters: " + (", ".join(f"{k}={v!r}" for k, v in record.params.items()) or "none"))
-    table = Table("seq", "at (UTC)", "step", "phase", "detail")
+    width = max((len(e.step) for e in entries), default=4)
     for e in entries:
-        table.add_row(str(e.seq), _when(e.at), e.step, e.phase, escape(_short(e.detail)))
-    console.print(table)
+        console.print(f"{e.seq:>4}  {_when(e.at)}  {e.step:<{width}}  {e.phase:<20} {escape(_short(e.detail))}")
 
 
 def _run_runbook(witness, run_id: str, registry: ActionRegistry, *, driven_elsewhere_ok: bool = False
@@ -400,7 +398,7 @@ def _short(detail: dict, limit: int = 160) -> str:
     """The scalar parts of a result (the business outcome), without command output."""
     if not isinstance(detail, dict):
         return str(detail)[:limit]
-    parts = [f"{k}={v}" for k, v in detail.items()
+    parts = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in detail.items()
              if k not in ("stdout", "stderr") and isinstance(v, (str, int, float, bool)) and v != ""]
     nested = {k: v for k, v in detail.items() if isinstance(v, dict)}
     for k, v in nested.items():
