@@ -309,9 +309,10 @@ def _drive(loaded, registry, witness, services, who: str, assume_yes: bool, metr
                         metrics=metrics)
     try:
         return go(executor)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, click.Abort):  # Ctrl-C, or no terminal to answer a confirmation on
         observer.close()
-        fail("interrupted; the journal is intact: `standbyctl runbook resume` continues, `abort` unwinds", 1)
+        fail(f"interrupted; the journal is intact: `standbyctl runbook resume {observer.run_id}` continues "
+             f"(--yes for automation), `abort {observer.run_id}` unwinds", 1)
     except WitnessError:
         raise  # _witness() says it in one line
     except IllegalTransition as exc:
@@ -320,7 +321,7 @@ def _drive(loaded, registry, witness, services, who: str, assume_yes: bool, metr
     except Exception as exc:  # noqa: BLE001 - an operator gets one line, the journal keeps the truth
         observer.close()
         fail(f"the engine stopped: {type(exc).__name__}: {exc}; the journal is intact, "
-             "`standbyctl runbook status RUN_ID` shows it and `resume` continues", 1)
+             f"`standbyctl runbook status {observer.run_id}` shows it and `resume` continues", 1)
     finally:
         observer.close()
         if server is not None:
@@ -350,8 +351,10 @@ class RichObserver(RunObserver):
 
     def __init__(self, console: Console, total: int):
         self.console, self.total, self._live = console, total, None
+        self.run_id = "RUN_ID"  # until the run exists
 
     def run_started(self, run_id: str, runbook: str, resumed: bool) -> None:
+        self.run_id = run_id
         verb = "resuming" if resumed else "running"
         self.console.print(f"{verb} [bold]{runbook}[/] as run [bold]{run_id}[/]")
 
