@@ -131,18 +131,20 @@ def test_transition_tables_refuse_illegal_moves():
             next_status(terminal, RunStatus.RUNNING)
 
 
-def _simulate(rb: Runbook, journal: list[E]) -> tuple[Move, list[E]]:
-    """Play the executor's part with plain values: every step succeeds."""
+def _simulate(rb: Runbook, journal: list[E], failing: str = "") -> tuple[Move, list[E]]:
+    """Play the executor's part with plain values: every step succeeds but `failing`; rollbacks succeed."""
     journal = list(journal)
     for _ in range(100):
         move = next_move(rb, journal)
         if move.terminal_status is not None:
             return move, journal
         sid = rb.steps[move.step].id if move.step is not None else None
+        run = [E(sid, "intent"), E(sid, "failed" if sid == failing else "acted", {"result": {}})]
         journal += {MoveKind.CHECK_PRECONDITIONS: [E(RUN_EVENT, "preconditions_passed")],
                     MoveKind.CONFIRM: [E(sid, "confirmed")],
-                    MoveKind.RUN: [E(sid, "intent"), E(sid, "acted", {"result": {}})],
-                    MoveKind.VERIFY: [E(sid, "done")]}[move.kind]
+                    MoveKind.RUN: run,
+                    MoveKind.VERIFY: [E(sid, "done")],
+                    MoveKind.ROLLBACK: [E(sid, "rollback_intent"), E(sid, "rolled_back")]}[move.kind]
     raise AssertionError("no end")
 
 
@@ -162,3 +164,13 @@ def test_next_move_is_pure():
     snapshot = list(journal)
     assert next_move(rb, journal) == next_move(rb, journal) == Move(MoveKind.RUN, 1)
     assert journal == snapshot
+
+
+def test_from_every_crash_point_of_a_failing_run_the_same_rollbacks_each_once():
+    rb = book(step("a", rollback=True), step("b"), step("c", rollback=True), step("d"))
+    end, full = _simulate(rb, [E(RUN_EVENT, "started")], failing="d")
+    assert end.kind is MoveKind.ROLLED_BACK
+    for cut in range(1, len(full) + 1):
+        end, journal = _simulate(rb, full[:cut] + [E(RUN_EVENT, "resumed")], failing="d")
+        assert end.kind is MoveKind.ROLLED_BACK, cut
+        assert [e.step for e in journal if e.phase == "rolled_back"] == ["c", "a"], cut
