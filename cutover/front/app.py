@@ -11,8 +11,9 @@ Public API:
 What is forwarded: method, path and query as received (still encoded), the body byte for byte, every header but
 the hop-by-hop ones (so Authorization and Idempotency-Key pass), plus X-Forwarded-For/-Host/-Proto; back come the
 site's status, body and headers (Idempotent-Replayed, Retry-After, ...) with X-Standby-Site naming the site that
-answered. The front answers /healthz, /readyz and /metrics itself. It keeps no state but caches (the last witness
-state, pooled keep-alive connections), so several fronts can run behind an ordinary load balancer.
+answered and `Server-Timing: front-upstream;dur=<ms>`, the site's round trip as the front saw it. The front answers
+/healthz, /readyz and /metrics itself. It keeps no state but caches (the last witness state, pooled keep-alive
+connections), so several fronts can run behind an ordinary load balancer.
 """
 from __future__ import annotations
 
@@ -300,7 +301,10 @@ class Front:
             response.raw_headers = kept
         else:
             response.raw_headers = [(b"content-length", str(len(answer.body)).encode())] + kept
-        response.raw_headers.append((b"x-standby-site", answer.site.encode()))
+        response.raw_headers += [(b"x-standby-site", answer.site.encode()),
+                                 # the site's round trip as the front saw it: a client can subtract it from its own
+                                 # latency to get the extra hop, request by request (standbyctl bench front does)
+                                 (b"server-timing", f"front-upstream;dur={answer.seconds * 1000:.3f}".encode())]
         self.metrics.forwarded.labels(routing.status_class(answer.status)).inc()
         return response
 
