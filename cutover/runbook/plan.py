@@ -164,8 +164,13 @@ def fold(runbook: Runbook, entries: Iterable[EntryLike]) -> Folded:
     results: dict[str, Any] = {}
     failure = abort_reason = ""
     for e in entries:
-        if e.step == RUN_EVENT:
-            events.add(RunEvent(e.phase))
+        try:
+            event = RunEvent(e.phase) if e.step == RUN_EVENT else None
+            phase = StepPhase(e.phase) if e.step != RUN_EVENT else None
+        except ValueError:
+            raise IllegalTransition(f"the journal has an unknown phase {e.phase!r} (step {e.step!r})") from None
+        if event is not None:
+            events.add(event)
             if e.phase == RunEvent.ABORT_REQUESTED.value and not abort_reason:
                 abort_reason = str(e.detail.get("reason") or "aborted by the operator")
             if e.phase == RunEvent.PRECONDITIONS_FAILED.value and not failure:
@@ -174,7 +179,7 @@ def fold(runbook: Runbook, entries: Iterable[EntryLike]) -> Folded:
         if e.step not in index:
             raise IllegalTransition(f"the journal names step {e.step!r}, which this runbook does not have")
         i = index[e.step]
-        phases[i] = next_phase(phases[i], StepPhase(e.phase))
+        phases[i] = next_phase(phases[i], phase)
         if phases[i] is StepPhase.ACTED:
             results[e.step] = e.detail.get("result", {})
         if phases[i] in (StepPhase.FAILED, StepPhase.ROLLBACK_FAILED) and not failure:

@@ -119,6 +119,8 @@ def test_a_corrupt_journal_is_never_acted_on():
         next_move(rb, STARTED + done("a") + [E("a", "intent")])
     with pytest.raises(IllegalTransition, match="does not have"):
         next_move(rb, STARTED + [E("zz", "intent")])
+    with pytest.raises(IllegalTransition, match="unknown phase"):
+        next_move(rb, STARTED + [E("a", "half-done")])
 
 
 def test_transition_tables_refuse_illegal_moves():
