@@ -234,7 +234,7 @@ class SiteServices:
                                             f"site {self.site_id} is shutting down; retry", 503, None, RETRY_AFTER_S))
 
     async def _follow_authority(self) -> None:
-        while True:
+        while True:  # a poll, not a retry: a failed ask is logged and the next one comes as usual
             await self.sleep(self.authority_poll_s)
             await self._ask_authority()
 
@@ -247,16 +247,16 @@ class SiteServices:
 
 @dataclass
 class HoldBudget:
-    """One write's hold across rounds (held, released, met FROZEN again at the worker, held again): when it was
-    first held, and the time spent held in all."""
-
+    """One write's hold across rounds (held, released, held again): when first held, and the time held in all."""
     first_held: float | None = None
     held_s: float = 0.0
 
 
 def _log_failed_poll(retry_state) -> None:
-    if retry_state.outcome is not None and retry_state.outcome.failed:
-        log.warning("re-reading the control row for held writes failed: %s", retry_state.outcome.exception())
+    # every 64th failure: the poll runs every ~15 ms, and a database that is down would flood the log
+    if retry_state.outcome is not None and retry_state.outcome.failed and retry_state.attempt_number % 64 == 1:
+        log.warning("re-reading the control row for held writes failed (attempt %d): %s",
+                    retry_state.attempt_number, retry_state.outcome.exception())
 
 
 async def _noop() -> None:
