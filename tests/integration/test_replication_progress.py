@@ -108,7 +108,8 @@ def test_postgres_committed_position_is_reached_by_a_caught_up_standby_without_a
             pass
         engine = make_engine(primary.url)
         for i in range(5):  # WAL that is not a replicated change: the WAL position moves on, the committed one not
-            with engine.begin() as conn:
+            with engine.begin() as conn:  # flushed, so the WAL write position surely moves past them
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
                 conn.execute(update(site_control).values(updated_at=float(i)))
         engine.dispose()
         applied = applied_position(standby, stream.stream)
