@@ -31,7 +31,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from tenacity import AsyncRetrying, retry_if_result, wait_exponential
+from tenacity import AsyncRetrying, retry_if_result
 from yarl import URL
 
 from cutover.front import routing
@@ -49,12 +49,14 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 # uvicorn writes its own Date and Server; a second copy from the site would be sent twice.
 DROP_FROM_ANSWER = HOP_BY_HOP | {"date", "server"}
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-# Held writes do not all ask the site again: one of them, the probe, does, backing off from BACKOFF_FIRST_S to
-# BACKOFF_MAX_S (so a site that cannot take writes sees at most ~1/BACKOFF_MAX_S probes a second, however many are
-# held); the others wait for a release (the witness names a new primary, or a held write was answered) and check
-# every PROBE_HANDOFF_S whether the probe has gone (answered, or past its bound) so that one of them takes over.
-BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.02, 0.1
-PROBE_HANDOFF_S = 1.0
+# Held writes wait, each in one place in the hold, until they are released together in the order they were held: when
+# the witness names a new primary, when a held write is answered, or when the prober finds the primary ready. The
+# prober asks the primary's /readyz (not a held write: a write that asked again would lose its place in the line),
+# from PROBE_FIRST_S apart backing off to PROBE_MAX_S, so a primary that cannot take writes yet sees ~1/PROBE_MAX_S
+# cheap reads a second however many writes are held. The backoff starts again only once a held write was answered,
+# so a site that says it is ready but refuses writes is not asked in a tight loop.
+PROBE_FIRST_S, PROBE_MAX_S = 0.01, 0.1
+READY_TIMEOUT_S = 1.0
 # Below uvicorn's own keep-alive timeout (5 s): the front lets an idle connection go before the site does, so it
 # never sends a request down a connection the site is closing (that would be a needless "connection lost").
 KEEPALIVE_S = 4.0
@@ -115,7 +117,8 @@ class Front:
         self.queue = HoldQueue(self.clock)
         self.holding = 0  # writes in holding now: parked, or being sent again
         self.generation = 0
-        self._probe: _Ticket | None = None  # the held write that asks the site again (see BACKOFF_MAX_S)
+        self._prober: asyncio.Task | None = None  # runs while writes are held (see PROBE_MAX_S)
+        self._probes = 0  # probes since a held write was last answered: the prober's backoff
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -134,6 +137,8 @@ class Front:
     async def stop(self) -> None:
         await asyncio.to_thread(self.watch.stop)
         self.queue.cancel_all("stopping")
+        if self._prober is not None:
+            self._prober.cancel()
         if self._session is not None:
             await self._session.close()
 
@@ -162,8 +167,6 @@ class Front:
             try:
                 response = await self._write(out, ticket)
             finally:
-                if self._probe is ticket:
-                    self._probe = None  # another held write takes over at its next check
                 if ticket.holding:
                     self.holding -= 1
                     self.metrics.held.set(self.holding)
@@ -195,11 +198,10 @@ class Front:
         response = await self._try_write(out, ticket)  # the common case, without building a retry loop
         if response is not None:
             return response
-        await self._park(ticket, BACKOFF_FIRST_S)
-        retrying = AsyncRetrying(
+        await self._park(ticket)
+        retrying = AsyncRetrying(  # each pause lasts until a release or the write's bound (see _park)
             stop=lambda _rs: routing.hold_left(self.clock(), ticket.arrived, self.settings.hold_max_s) <= 0,
-            wait=wait_exponential(multiplier=BACKOFF_FIRST_S, max=BACKOFF_MAX_S),
-            sleep=lambda seconds: self._park(ticket, seconds),
+            sleep=lambda _seconds: self._park(ticket),
             retry=retry_if_result(lambda response: response is None),
             retry_error_callback=lambda _rs: None)
         response = await retrying(self._try_write, out, ticket)
@@ -210,7 +212,7 @@ class Front:
     async def _try_write(self, out: Outgoing, ticket: _Ticket) -> Response | None:
         """One attempt: the response to send, or None while the write stays held."""
         if ticket.holding and not ticket.go:
-            return None  # still held: only the probe asks the site, and a release sends every held write
+            return None  # the pause ended at the write's bound, not by a release: nothing to send
         ticket.generation, ticket.tries, ticket.go = self.generation, ticket.tries + 1, False
         primary = self.primary
         if ticket.tries == 1 and self.queue.held:
@@ -246,29 +248,55 @@ class Front:
         self.metrics.held_total.inc()
         return None
 
-    async def _park(self, ticket: _Ticket, seconds: float) -> None:
-        """Tenacity's pause between attempts. It ends when the witness names a new primary or a held write is
-        answered (a release: every held write goes, in the order they were parked), when the write's bound comes,
-        or, for the probe, after the backoff (`seconds`). Sets `ticket.go` when the write should be sent again."""
+    async def _park(self, ticket: _Ticket) -> None:
+        """The pause between attempts of a held write: in the hold, until a release (the witness names a new primary,
+        a held write is answered, or the prober finds the primary ready) or the write's bound. Sets `ticket.go` when
+        the write should be sent again."""
         if self.generation != ticket.generation:
             ticket.go = True  # the witness moved while the last attempt was under way: go at once
             return
-        if self._probe is None:
-            self._probe = ticket
-        probing = self._probe is ticket
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.create_task(self._probe_while_held())
         left = routing.hold_left(self.clock(), ticket.arrived, self.settings.hold_max_s)
-        wait = min(seconds if probing else PROBE_HANDOFF_S, left)
-        held = await self.queue.hold_detailed(wait, sys.maxsize)  # the count bound is admit_hold's
+        held = await self.queue.hold_detailed(left, sys.maxsize)  # the count bound is admit_hold's
         ticket.parked_s += held.waited_s
         if held.result is HoldResult.CANCELLED:
             raise asyncio.CancelledError("the front is stopping")
-        ticket.go = probing or held.result is HoldResult.RELEASED or self.generation != ticket.generation
+        ticket.go = held.result is HoldResult.RELEASED or self.generation != ticket.generation
+
+    async def _probe_while_held(self) -> None:
+        """While writes are held: ask the primary the witness names whether it takes writes, and release them all
+        when it does. Ends when nothing is held."""
+        await asyncio.sleep(self._probe_pause())
+        retrying = AsyncRetrying(wait=lambda _rs: self._probe_pause(), stop=lambda _rs: not self.queue.held,
+                                 retry=retry_if_result(lambda _released: True), retry_error_callback=lambda _rs: None)
+        await retrying(self._probe_once)
+
+    def _probe_pause(self) -> float:
+        self._probes += 1
+        return min(PROBE_MAX_S, PROBE_FIRST_S * 2 ** min(self._probes - 1, 16))
+
+    async def _probe_once(self) -> bool:
+        primary = self.primary
+        if primary is None or not self.queue.held:
+            return False
+        try:
+            async with self._session.get(f"{primary.url}/readyz", timeout=aiohttp.ClientTimeout(
+                    total=READY_TIMEOUT_S)) as resp:
+                body = await resp.json(content_type=None) if resp.status == 200 else {}
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return False
+        if not routing.ready_for_writes(body, primary):
+            return False
+        self.queue.release_all()
+        return True
 
     def _delivered_write(self, answer: Answer, method: str, ticket: _Ticket) -> Response:
         if ticket.holding:
             self.metrics.released_total.inc()
             self.metrics.hold_seconds.observe(self.clock() - ticket.held_since)
-            self.queue.release_all()  # a primary takes writes again: the rest go now, in arrival order
+            self._probes = 0  # the primary takes writes: the next hold probes quickly again
+            self.queue.release_all()  # the rest go now, in the order they were held
         return self._deliver(answer, method)
 
     # --- I/O ---------------------------------------------------------------------------------------------------

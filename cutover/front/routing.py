@@ -154,6 +154,13 @@ def hold_left(now: float, arrived_at: float, hold_max_s: float) -> float:
     return max(0.0, arrived_at + hold_max_s - now)
 
 
+def ready_for_writes(readyz: dict, primary: Primary) -> bool:
+    """Whether the primary's /readyz body says it takes writes now: ready, and promoted under an epoch not older
+    than the one the witness names (a site left behind at an older epoch says ready but refuses every write)."""
+    epoch = readyz.get("epoch")
+    return readyz.get("ready") is True and isinstance(epoch, int) and epoch >= primary.epoch
+
+
 def error_code(body: bytes, content_type: str | None) -> str | None:
     """The code of the site's error envelope {"error": {"code", ...}}, or None for any other body."""
     if not body or not content_type or "json" not in content_type or not body.startswith(b"{"):

@@ -292,6 +292,28 @@ def test_writes_are_held_while_no_primary_is_named_and_flow_once_one_is(pair, st
     assert metric(running.url, "front_held_requests") == 0
 
 
+def test_held_writes_are_released_in_the_order_they_arrived(pair, start_front):
+    site_primary(pair, "A")
+    running = start_front(initialise=None, hold_max_s=120)
+    keys = [f"front-order-{i}-{uuid.uuid4().hex}" for i in range(6)]
+    sent: list[str] = []
+    forward = running.front._forward
+
+    async def recording_forward(primary, out):
+        sent.append({k.lower(): v for k, v in out.headers}["idempotency-key"])
+        return await forward(primary, out)
+
+    running.front._forward = recording_forward
+    with httpx.Client(base_url=running.url, timeout=120) as client, ThreadPoolExecutor(len(keys)) as pool:
+        futures = []
+        for i, key in enumerate(keys):  # each arrives once the one before is held: the arrival order is known
+            futures.append(pool.submit(post_declaration, client, pair, i, key))
+            eventually(lambda: running.front.holding == i + 1, f"write {i} held")
+        running.witness.initialise("A")
+        assert [f.result().status_code for f in futures] == [201] * len(keys)
+    assert sent == keys
+
+
 def test_during_a_switchover_writes_are_held_and_reach_the_new_primary_without_client_errors(pair, start_front):
     """The witness names B before B is open (B answers not_primary, then intake_frozen): writes wait at the front,
     then land on B once it opens; none reaches the fenced A."""

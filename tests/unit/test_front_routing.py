@@ -136,6 +136,16 @@ def test_a_forward_past_its_timeout_is_a_504():
     assert refusal.status == 504 and refusal.code == "front_forward_timeout" and "Retry-After" in refusal.headers()
 
 
+# --- when held writes may go: the primary's /readyz -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body,ready", [({"ready": True, "epoch": 1}, True), ({"ready": True, "epoch": 2}, True),
+                                        ({"ready": True, "epoch": 0}, False), ({"ready": False, "epoch": 1}, False),
+                                        ({"ready": True}, False), ({}, False), ({"ready": "yes", "epoch": 1}, False)])
+def test_held_writes_go_when_the_primary_is_ready_under_an_epoch_not_older_than_the_witness(body, ready):
+    assert routing.ready_for_writes(body, A) is ready
+
+
 # --- reading the site's envelope -------------------------------------------------------------------------------------
 
 
