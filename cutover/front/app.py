@@ -14,6 +14,13 @@ site's status, body and headers (Idempotent-Replayed, Retry-After, ...) with X-S
 answered and `Server-Timing: front-upstream;dur=<ms>`, the site's round trip as the front saw it. The front answers
 /healthz, /readyz and /metrics itself. It keeps no state but caches (the last witness state, pooled keep-alive
 connections), so several fronts can run behind an ordinary load balancer.
+
+Holding (the rules are `routing`'s): a write that cannot go now (no primary named, a "not now / not me" 503, a broken
+connection) is parked in a `standby.api.hold.HoldQueue`, the site's own primitive, bounded in count by
+`front.hold_max_requests` (counting writes being sent again too) and in time by `front.hold_max_s` from arrival. A
+write arriving while others are held queues behind them. Held writes are released together, in the order they were
+held, when the witness names a new primary, when a held write is answered, or when the primary's /readyz says it
+takes writes; each is then sent again with the same headers and body.
 """
 from __future__ import annotations
 
