@@ -1,30 +1,26 @@
 """The composition root of the runbook engine: which actions a runbook may call, and the services they get.
 
-The integrator registers the switchover's actions (cutover/actions/) in `build_registry`; each action receives
-`build_services(...)`'s object as `ctx.services`. The engine never looks inside it.
+Each action receives `build_services(...)`'s object as `ctx.services`; the engine never looks inside it. The
+switchover's actions (cutover/actions/switchover.py) act on the sites of the settings and the witness through
+`cutover.actions.sites.Sites`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
 
+from cutover.actions import switchover
+from cutover.actions.sites import Sites
 from cutover.runbook.actions import ActionRegistry, register_builtins
 from cutover.witness.contract import Witness
 from standby.settings import Settings
 
 
-@dataclass(frozen=True)
-class RunbookServices:
-    """What actions may use: the settings (sites, URLs) and the witness (epoch, primary, lease)."""
-
-    settings: Settings
-    witness: Witness
-
-
 def build_registry(settings: Settings, witness: Witness) -> ActionRegistry:
-    """Every action a runbook may name. Built-ins: wait, check_http, fail."""
-    registry = register_builtins(ActionRegistry())
-    return registry
+    """Every action a runbook may name. Built-ins: wait, check_http, fail; then the switchover's."""
+    return switchover.register(register_builtins(ActionRegistry()))
 
 
-def build_services(settings: Settings, witness: Witness) -> RunbookServices:
-    return RunbookServices(settings, witness)
+def build_services(settings: Settings, witness: Witness, config_path: Path | None = None) -> Sites:
+    """The actions' view of the sites and the witness. `config_path` lets an action start a replicator process with
+    the same settings."""
+    return Sites(settings, witness, config_path=config_path)

@@ -112,7 +112,7 @@ def _witness(cli: CliContext):
 def _registry(cli: CliContext, witness) -> tuple[ActionRegistry, object]:
     from standbyctl.runbook_registry import build_registry, build_services
 
-    return build_registry(cli.settings, witness), build_services(cli.settings, witness)
+    return build_registry(cli.settings, witness), build_services(cli.settings, witness, cli.config_path.resolve())
 
 
 def _load(path: Path, registry: ActionRegistry) -> LoadedRunbook:

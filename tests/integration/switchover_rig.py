@@ -1,0 +1,232 @@
+"""Two sites, a witness, the front and replication between them, on the embedded default (SQLite files, the test
+session's Ray), with declarant traffic going through the front and a client-side ledger of every acknowledged
+number. Shared by the switchover tests (integration and fault)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from sqlalchemy import select
+
+from cutover.actions.sites import Sites, running_replicator
+from cutover.front.app import build_front
+from cutover.witness import open_witness
+from loadtests.client import SiteClient
+from replication.progress import wait_until_applied
+from replication.sources import stream_name
+from replication.verify import verify
+from standby.domain.states import Kind, SiteRole
+from standby.settings import load_settings
+from standby.site_process import BackgroundServer, build_site
+from standby.store.engine import make_engine
+from standby.store.migrate import upgrade
+from standby.store.schema import declarations, enterprises
+from standby.store.seed import seed
+from standby.store.site import init_site, read_control
+from standby.synthetic import make_declaration_payload
+from tests.conftest import REPO, Tokens, free_port
+
+OFFICES = ("01CA", "79CA", "31CA", "48CA")
+
+
+@dataclass
+class Ledger:
+    """What clients were told: every acknowledged declaration, and every answer that was not a success."""
+
+    acknowledged: dict[str, dict] = field(default_factory=dict)  # number -> what the client sent and was told
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    sent: int = 0
+
+
+class Traffic:
+    """Declarants pre-declaring through the front from a thread with its own event loop, until stopped."""
+
+    def __init__(self, front_url: str, tokens: Tokens, tax_codes: list[str], tariff, *, clients: int = 4,
+                 pause_s: float = 0.03):
+        self.front_url, self.tokens, self.tax_codes, self.tariff = front_url, tokens, tax_codes, tariff
+        self.clients, self.pause_s = clients, pause_s
+        self.ledger = Ledger()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="traffic", daemon=True)
+
+    def start(self) -> "Traffic":
+        self._thread.start()
+        return self
+
+    def stop(self) -> Ledger:
+        self._stop.set()
+        self._thread.join(timeout=120)
+        assert not self._thread.is_alive(), "traffic did not stop"
+        return self.ledger
+
+    async def _main(self) -> None:
+        client = SiteClient(self.front_url, max_connections=self.clients * 2, timeout_s=60)
+        try:
+            await asyncio.gather(*(self._client(client, i) for i in range(self.clients)))
+        finally:
+            await client.close()
+
+    async def _client(self, client: SiteClient, index: int) -> None:
+        rng = random.Random(index)
+        n = 0
+        while not self._stop.is_set():
+            tax_code = self.tax_codes[(index * 7919 + n) % len(self.tax_codes)]
+            office = OFFICES[n % len(OFFICES)]
+            body = make_declaration_payload(rng, Kind.IMPORT if n % 3 else Kind.EXPORT, tax_code, office, self.tariff)
+            key = f"sw-{index}-{n}"
+            self.ledger.sent += 1
+            reply = await client.pre_declare(self.tokens.declarant(tax_code), body, key=key)
+            if reply.status == 201:
+                self.ledger.acknowledged[reply.body["number"]] = {
+                    "key": key, "enterprise_tax_code": tax_code, "office_code": office, "kind": body["kind"],
+                    "total_vnd": reply.body.get("total_vnd")}
+            else:
+                self.ledger.errors.append((reply.status, str(reply.body)[:300]))
+            n += 1
+            await asyncio.sleep(self.pause_s)
+
+
+@dataclass
+class Rig:
+    tmp: Path
+    config: Path
+    settings: object
+    tokens: Tokens
+    served: dict = field(default_factory=dict)  # site id -> (Site, BackgroundServer)
+    front: BackgroundServer | None = None
+
+    @property
+    def front_url(self) -> str:
+        return self.front.url
+
+    def witness(self):
+        return open_witness(self.settings.witness_url, root=self.settings.root)
+
+    def sites(self) -> Sites:
+        return Sites(self.settings, self.witness(), config_path=self.config, partitions=2)
+
+    def engine(self, site_id: str, writer: bool = False):
+        return make_engine(self.settings.database_url(site_id), writer=writer)
+
+    def control(self, site_id: str):
+        engine = self.engine(site_id)
+        try:
+            return read_control(engine, site_id)
+        finally:
+            engine.dispose()
+
+    def tax_codes(self, n: int = 60) -> list[str]:
+        engine = self.engine("A")
+        with engine.connect() as conn:
+            codes = list(conn.execute(select(enterprises.c.tax_code).where(
+                enterprises.c.status == "active", enterprises.c.tax_debt_days <= 90)
+                .order_by(enterprises.c.tax_code).limit(n)).scalars())
+        engine.dispose()
+        return codes
+
+    def wait_caught_up(self, primary: str, standby: str, timeout_s: float = 60) -> int:
+        sites = self.sites()
+        source = sites.change_source(primary, standby)
+        try:
+            return wait_until_applied(source, sites.engine(standby, writer=False), stream_name(primary, standby),
+                                      timeout_s=timeout_s)
+        finally:
+            source.close()
+            sites.close()
+
+    def verify(self, primary: str, standby: str):
+        sites = self.sites()
+        try:
+            return sites.verify(primary, standby, settle_timeout_s=60)
+        finally:
+            sites.close()
+
+    def stored(self, site_id: str) -> dict[str, dict]:
+        engine = self.engine(site_id)
+        with engine.connect() as conn:
+            rows = conn.execute(select(declarations.c.number, declarations.c.enterprise_tax_code,
+                                       declarations.c.office_code, declarations.c.kind)).mappings().all()
+        engine.dispose()
+        return {r["number"]: dict(r) for r in rows}
+
+    def close(self) -> None:
+        stop_replicators(self.tmp)
+        if self.front:
+            self.front.stop()
+        for site, server in self.served.values():
+            server.stop()
+            site.close()
+
+
+def build_rig(tmp: Path, org, *, enterprises_count: int = 600) -> Rig:
+    """Site A primary (epoch 1 in the witness), site B its standby by a replicator process A → B, both served over
+    HTTP from this process with one shared token registry, and the front on its own port."""
+    config = tmp / "switchover.yaml"
+    config.write_text(yaml.safe_dump({
+        "root": str(REPO), "data_dir": str(tmp),
+        "sites": {s: {"site_digit": d, "database_url": f"sqlite:///{tmp / f'site-{s.lower()}.db'}",
+                      "http": {"host": "127.0.0.1", "port": free_port()}} for s, d in (("A", 1), ("B", 2))},
+        "witness_url": f"sqlite:///{tmp / 'witness.db'}",
+        "front": {"host": "127.0.0.1", "port": free_port(), "hold_max_s": 30},
+        "ray": {"workers": 1}, "auth": {"tokens_file": str(tmp / "tokens.yaml")},
+        "intake": {"call_timeout_s": 20, "call_attempts": 4},
+    }))
+    settings = load_settings(config)
+    for site_id, role in (("A", SiteRole.PRIMARY), ("B", SiteRole.STANDBY)):
+        url = settings.database_url(site_id)
+        upgrade(url)
+        engine = make_engine(url)
+        init_site(engine, site_id, role, primary_site="A")
+        if role is SiteRole.PRIMARY:
+            seed(engine, org, enterprises_count=enterprises_count, officers_per_section=2, rng_seed=7)
+        engine.dispose()
+    witness = open_witness(settings.witness_url, root=settings.root)
+    witness.initialise("A")
+    witness.close()
+    rig = Rig(tmp, config, settings, Tokens())
+    try:
+        sites = rig.sites()
+        sites.start_replicator("A", "B")
+        sites.wait_replicating("A", "B", timeout_s=120)
+        sites.close()
+        rig.wait_caught_up("A", "B")
+        for site_id in ("A", "B"):
+            site = build_site(settings, site_id)
+            site.services.tokens = rig.tokens
+            http = settings.site(site_id).http
+            rig.served[site_id] = (site, BackgroundServer(site.app, http.host, http.port).start())
+        witness = rig.witness()
+        rig.front = BackgroundServer(build_front(settings, witness.state), settings.front.host,
+                                     settings.front.port).start()
+    except BaseException:
+        rig.close()
+        raise
+    return rig
+
+
+def running_replicators(tmp: Path) -> dict[str, int]:
+    """Stream name -> pid of each replicator process the rig or a runbook started that still runs."""
+    running = {}
+    for pid_file in tmp.glob("replicate-*.pid"):
+        pid = running_replicator(pid_file)
+        if pid:
+            running[pid_file.stem.removeprefix("replicate-")] = pid
+    return running
+
+
+def stop_replicators(tmp: Path) -> None:
+    for pid in running_replicators(tmp).values():
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + 30
+    while running_replicators(tmp) and time.monotonic() < deadline:
+        time.sleep(0.1)
