@@ -18,7 +18,10 @@ rechecks=3) -> VerifyReport`:
   has everything the primary had committed when it was called), up to `rechecks` times. If it still differs (at
   once without `settle`), both sides' rows of that chunk only are fetched and every differing key is named:
   "missing" (on the primary, not on the standby), "extra" (on the standby only), or "different" (with the differing
-  column names, in table order). Values count as different when their type or value differs.
+  column names, in table order). Values count as different when their type or value differs. With `settle`, the
+  differing keys are then looked at again while the primary may still take writes (primary, settle, standby,
+  primary): a key whose standby row equals what the primary held at either read was in flight, not a difference;
+  so verify can run against a live primary (a switchover's preflight and postcheck do).
 - `progress(table, done_chunks, total_chunks)` is called when a table starts (done 0) and after each of its chunks.
 - The report gives, per table, rows compared (primary and standby), chunks, chunks drilled into, re-checks, the
   differences and the seconds taken; `.ok` is True when no table has a difference; `.summary()` gives lines to read.
@@ -227,7 +230,10 @@ def _verify_table(sql: _TableSql, primary: Engine, standby: Engine, pool: Thread
         report.standby_rows += on_standby[0]
         if on_primary != on_standby:
             report.chunks_drilled += 1
-            report.differences += _differences(sql, *_both(pool, _rows, primary, standby, sql, bounds))
+            found = _differences(sql, *_both(pool, _rows, primary, standby, sql, bounds))
+            if found and settle is not None and rechecks:
+                found = _reconcile(sql, primary, standby, found, settle, rechecks)
+            report.differences += found
         if progress:
             progress(sql.table, done, len(chunks))
     report.seconds = time.monotonic() - started
@@ -254,6 +260,41 @@ def _rows(engine: Engine, sql: _TableSql, bounds: Bounds) -> dict[Key, tuple]:
     statement, params = sql.rows(bounds)
     with engine.connect() as conn:
         return {tuple(row[i] for i in sql.pk_index): tuple(row) for row in conn.execute(text(statement), params)}
+
+
+def _reconcile(sql: _TableSql, primary: Engine, standby: Engine, found: list[Difference], settle, rechecks: int
+               ) -> list[Difference]:
+    """Look again at the differing keys only, while the primary may still be taking writes: read them on the
+    primary, settle, read them on the standby, read them on the primary again. A key whose standby row (or absence)
+    equals what the primary held at either read was only in flight; the rest are differences. Repeated up to
+    `rechecks` times for keys that changed again meanwhile; what is left is reported from the last reads."""
+    keys = [tuple(d.key[c] for c in sql.pk) for d in found]
+    before = after = on_standby = {}
+    for _ in range(rechecks):
+        before = _rows_by_key(primary, sql, keys)
+        settle()
+        on_standby = _rows_by_key(standby, sql, keys)
+        after = _rows_by_key(primary, sql, keys)
+        keys = [k for k in keys if on_standby.get(k) not in (before.get(k), after.get(k))]
+        if not keys:
+            return []
+    return _differences(sql, {k: after[k] for k in keys if k in after}, {k: on_standby[k] for k in keys
+                                                                         if k in on_standby})
+
+
+def _rows_by_key(engine: Engine, sql: _TableSql, keys: list[Key], per_statement: int = 200) -> dict[Key, tuple]:
+    """The rows with these primary keys (absent keys are simply not in the answer), values bound, never inlined."""
+    found: dict[Key, tuple] = {}
+    for start in range(0, len(keys), per_statement):
+        batch = keys[start:start + per_statement]
+        params = {f"k{i}_{j}": value for i, key in enumerate(batch) for j, value in enumerate(key)}
+        quote = engine.dialect.identifier_preparer.quote
+        match = " OR ".join("(" + " AND ".join(f"{quote(c)} = :k{i}_{j}" for j, c in enumerate(sql.pk)) + ")"
+                            for i in range(len(batch)))
+        with engine.connect() as conn:
+            for row in conn.execute(text(f"SELECT {sql.columns_sql} FROM {sql.name} WHERE {match}"), params):
+                found[tuple(row[i] for i in sql.pk_index)] = tuple(row)
+    return found
 
 
 def _differences(sql: _TableSql, primary: dict[Key, tuple], standby: dict[Key, tuple]) -> list[Difference]:

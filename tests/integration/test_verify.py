@@ -144,7 +144,8 @@ def test_a_lagging_standby_passes_after_settle_and_is_reported_without_it(sides)
 
     never = []
     stuck = verify(primary, standby, ["goods_lines"], chunk_rows=50, settle=lambda: never.append(1), rechecks=2)
-    assert named(stuck) == {("goods_lines", key, "missing", ())} and len(never) == 2
+    # settle ran for each of the chunk's 2 re-checks, then for each of the 2 looks at the differing key alone
+    assert named(stuck) == {("goods_lines", key, "missing", ())} and len(never) == 2 + 2
     assert stuck.table("goods_lines").rechecks == 2 and stuck.chunks_drilled == 1
 
     settled = []
@@ -213,3 +214,32 @@ def test_postgres_copies_compare_equal_and_a_changed_row_is_named(pg_cluster, or
             engine.dispose()
         for name in names:
             pg_cluster.drop_database(name)
+
+
+def test_a_row_written_between_the_two_reads_is_in_flight_not_extra(primary_file, sides, tmp_path):
+    """Verify against a live primary: a row the primary commits after its read and the standby has by its read is
+    not reported (the key-level look finds it on the primary too); a row only the standby has is."""
+    _shared, standby, copy = sides
+    original = tmp_path / "live-primary.db"  # this test writes to its primary: its own copy
+    shutil.copy(primary_file, original)
+    primary = make_engine(f"sqlite:///{original}", writer=False)
+    row = one(copy, "SELECT * FROM goods_lines ORDER BY declaration_base DESC LIMIT 1")
+    late = (row[0], row[1] + 100, *row[2:])
+
+    calls = []
+
+    def settle():  # the primary commits the row only while verify looks at the key alone (the second settle)
+        calls.append(1)
+        if len(calls) == 2:
+            edit(original, (f"INSERT INTO goods_lines VALUES ({', '.join('?' * len(late))})", late))
+
+    edit(copy, (f"INSERT INTO goods_lines VALUES ({', '.join('?' * len(late))})", late))
+    live = verify(primary, standby, ["goods_lines"], chunk_rows=50, settle=settle, rechecks=1)
+    assert live.ok and len(calls) == 2 and live.chunks_drilled == 1, live.summary()
+
+    ghost = (row[0], row[1] + 200, *row[2:])
+    edit(copy, (f"INSERT INTO goods_lines VALUES ({', '.join('?' * len(ghost))})", ghost))
+    extra = verify(primary, standby, ["goods_lines"], chunk_rows=50, settle=lambda: None)
+    key = (("declaration_base", ghost[0]), ("line_no", ghost[1]))
+    assert named(extra) == {("goods_lines", key, "extra", ())}
+    primary.dispose()
