@@ -16,7 +16,7 @@ from replication.metrics import ReplicationMetrics
 from replication.progress import NotCaughtUp, applied_position, wait_until_applied
 from replication.ray_runtime import ApplyPool
 from replication.replicator import Replicator, ReplicatorOptions
-from replication.sources import check_revisions, open_source, stream_name
+from replication.sources import check_revisions, open_source, stream_name, stream_sites
 from replication.streams import retire_stream
 from replication.verify import verify as verify_tables
 from standby.domain.states import SiteRole
@@ -77,21 +77,7 @@ def replicate(cli: CliContext, source_site: str, target_site: str, partitions: i
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        if replicator.start(progress=_snapshot_progress()):
-            click.echo(f"\nsnapshot copied; streaming from position {replicator.applied_position}")
-        else:
-            click.echo(f"resuming stream {stream} from position {replicator.applied_position}")
-        if once:  # each look at the standby that finds it behind steps the stream once more
-            wait_until_applied(source, standby, stream, timeout_s=replicator.o.give_up_after_s,
-                               sleep=lambda _s: replicator.step())
-        else:
-            _report_while(replicator, metrics, stop)
-            if replicator.run(stop) is not None:
-                retire_stream(settings.database_url(source_site), settings.database_url(target_site), stream)
-                click.echo(f"{replicator.finished.describe()}; the stream is retired")
-                return
-        click.echo(f"stopped at position {replicator.applied_position} "
-                   f"({int(metrics.changes_applied._value.get()):,} changes applied this run)")
+        _stream(cli, replicator, standby, stop, once)
     except PermanentApplyError as exc:
         fail(f"replication stopped: {exc}. Nothing after it was applied; fix the cause and restart.")
     except ReplicationError as exc:
@@ -103,6 +89,33 @@ def replicate(cli: CliContext, source_site: str, target_site: str, partitions: i
         source.close()
         if started_ray:
             shutdown_ray()
+
+
+def _stream(cli: CliContext, replicator: Replicator, standby, stop: threading.Event, once: bool) -> None:
+    """Start (snapshot or resume) and stream: until caught up with `once`, else until stopped or finished (the
+    source retired and everything it committed applied: then the stream is retired)."""
+    stream = replicator.o.stream
+    if replicator.start(progress=_snapshot_progress()):
+        click.echo(f"\nsnapshot copied; streaming from position {replicator.applied_position}")
+    else:
+        click.echo(f"resuming stream {stream} from position {replicator.applied_position}")
+    if once:  # each look at the standby that finds it behind steps the stream once more
+        wait_until_applied(replicator.source, standby, stream, timeout_s=replicator.o.give_up_after_s,
+                           sleep=lambda _s: replicator.step())
+        _stopped(replicator)
+        return
+    _report_while(replicator, replicator.metrics, stop)
+    if replicator.run(stop) is not None:
+        source_site, target_site = stream_sites(stream)
+        retire_stream(cli.settings.database_url(source_site), cli.settings.database_url(target_site), stream)
+        click.echo(f"{replicator.finished.describe()}; the stream is retired")
+        return
+    _stopped(replicator)
+
+
+def _stopped(replicator: Replicator) -> None:
+    changes = int(replicator.metrics.changes_applied._value.get())
+    click.echo(f"stopped at position {replicator.applied_position} ({changes:,} changes applied this run)")
 
 
 def _drop_slot(cli: CliContext, source_site: str, target_site: str) -> None:
