@@ -67,6 +67,26 @@ def sites(request, tmp_path, org, ray_session):
         retire_stream(source_url, target_url, stream)  # drops the PostgreSQL slots
 
 
+def switch_over_the_forward_stream(forward: Stream, a_engine, b_engine) -> int | None:
+    """Freeze A, let B apply A's last committed position, fence A: the stream finishes by itself and A takes no
+    heartbeat from then on. Returns A's heartbeat counter as the fence left it."""
+    site.freeze(a_engine, "A", epoch=1, hold_s=5.0, hold_max=100)
+    forward.catch_up()
+    site.fence(a_engine, "A", epoch=2, primary_site="B")
+    fenced_beats = beats(forward.primary_url, "A")
+    forward._thread.join(timeout=120)
+    assert not forward._thread.is_alive()
+    finished = forward.result
+    assert isinstance(finished, StreamFinished)
+    assert finished.position == applied_position(b_engine, "A-to-B")
+    assert finished.describe() == (f"source A is no longer primary (fenced at epoch 2); stream A-to-B finished "
+                                   f"at position {finished.position}")
+    assert write_heartbeat(a_engine, "A", 123.0) is not None, "a fenced site takes no heartbeat"
+    forward.replicator.step()  # a retired source is never beaten again
+    assert beats(forward.primary_url, "A") == fenced_beats
+    return fenced_beats
+
+
 def test_switchover_finishes_the_old_stream_and_reverses_it_without_a_snapshot(sites, tariff, rules):
     backend, a, b_url = sites
     tax_codes = a.active_enterprises(100)
@@ -84,21 +104,7 @@ def test_switchover_finishes_the_old_stream_and_reverses_it_without_a_snapshot(s
             assert scalar(b_url, select(func.count()).select_from(change_log)) == 0, \
                 "rows B got by replication are not captured as B's own changes"
 
-        # Freeze A, let B apply A's last committed position, fence A: the stream finishes by itself.
-        site.freeze(a_engine, "A", epoch=1, hold_s=5.0, hold_max=100)
-        forward.catch_up()
-        site.fence(a_engine, "A", epoch=2, primary_site="B")
-        fenced_beats = beats(a.url, "A")
-        forward._thread.join(timeout=120)
-        assert not forward._thread.is_alive()
-        finished = forward.result
-        assert isinstance(finished, StreamFinished)
-        assert finished.position == applied_position(b_engine, "A-to-B")
-        assert finished.describe() == (f"source A is no longer primary (fenced at epoch 2); stream A-to-B finished "
-                                       f"at position {finished.position}")
-        assert write_heartbeat(a_engine, "A", 123.0) is not None, "a fenced site takes no heartbeat"
-        forward.replicator.step()  # a retired source is never beaten again
-        assert beats(a.url, "A") == fenced_beats
+        fenced_beats = switch_over_the_forward_stream(forward, a_engine, b_engine)
 
         # Promote B (generators past the replicated ids), fix the reverse start, then open B to writes.
         site.promote(b_engine, "B", epoch=2)
