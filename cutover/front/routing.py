@@ -9,6 +9,8 @@ Rules (DESIGN §3 "The front"):
   whose connection broke is sent once more, at once, to whichever primary the witness names then.
 - A held write past its time bound gets 503 front_held_too_long; one that finds the hold full, front_hold_full.
   Every refusal of the front carries Retry-After.
+- The witness is the one authority on the primary. A site's "not me" answer may name the primary (primary_site,
+  primary_url); the front does not route by it, it asks the witness again at once (REPOLL_CODES).
 """
 from __future__ import annotations
 
