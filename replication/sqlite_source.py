@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import OperationalError
 
 from replication.changes import REPLICATED_TABLES, Change, ChangeOp, SnapshotTable
@@ -50,8 +50,9 @@ class SqliteChangeSource:
         (everything acknowledged, hence applied), the log's counter, which an applied stream has reached."""
         try:
             with self._reader.connect() as conn:
-                newest = conn.execute(select(func.max(change_log.c.seq))
-                                      .where(change_log.c.table_name.in_(self.tables))).scalar()
+                # Newest first along the primary key: stops at the first replicated row, however long the log.
+                newest = conn.execute(select(change_log.c.seq).where(change_log.c.table_name.in_(self.tables))
+                                      .order_by(change_log.c.seq.desc()).limit(1)).scalar()
                 return newest if newest is not None else _head(conn)
         except OperationalError as exc:
             raise SourceUnavailable(f"cannot read the change log at {self.url}: {exc.orig}") from exc
