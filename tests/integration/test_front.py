@@ -469,6 +469,22 @@ def test_a_write_whose_connection_broke_after_the_site_answered_is_sent_again_an
         proxy.stop()
 
 
+def test_a_read_whose_connection_broke_is_sent_once_more_at_once(pair, start_front):
+    site_primary(pair, "A")
+    proxy = CuttingProxy(pair.a.db.settings.site("A").http.port)
+    try:
+        via_proxy = pair.a.db.settings.site("A").model_copy(update={"http": HttpSettings(port=proxy.port)})
+        running = start_front(sites={"A": via_proxy, "B": pair.b.db.settings.site("B")})
+        with httpx.Client(base_url=running.url, timeout=60) as client:
+            proxy.cut_next.set()
+            shown = client.get("/v1/site", headers={"Authorization": f"Bearer {pair.token(6)}"})
+        assert proxy.cuts == 1
+        assert shown.status_code == 200 and shown.json()["site"] == "A", shown.text
+        assert metric(running.url, "front_held_total") == 0  # sent again at once, never held
+    finally:
+        proxy.stop()
+
+
 # --- a site stops mid-stream -----------------------------------------------------------------------------------------
 
 
