@@ -51,6 +51,14 @@ class AuthSettings(_Strict):
     tokens_file: Path = Field(Path("var/tokens.yaml"), description="hashed bearer tokens; never in the repo")
 
 
+class ReplicationSettings(_Strict):
+    """Replicators that a runbook starts (the reverse stream of a switchover)."""
+
+    partitions: int = Field(2, ge=1, le=32, description="apply workers of a stream a runbook starts")
+    metrics_port: int = Field(9464, ge=0, le=65535,
+                              description="where that replicator serves /metrics (Prometheus scrapes 9464); 0: none")
+
+
 class FrontSettings(_Strict):
     """The front: one address for clients that forwards to the primary the witness names and holds writes while
     there is none (standbyctl front)."""
@@ -80,6 +88,7 @@ class Settings(_Strict):
     reference: ReferenceSettings = ReferenceSettings()
     auth: AuthSettings = AuthSettings()
     front: FrontSettings = FrontSettings()
+    replication: ReplicationSettings = ReplicationSettings()
 
     @field_validator("sites")
     @classmethod

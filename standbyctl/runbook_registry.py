@@ -23,4 +23,5 @@ def build_registry(settings: Settings, witness: Witness) -> ActionRegistry:
 def build_services(settings: Settings, witness: Witness, config_path: Path | None = None) -> Sites:
     """The actions' view of the sites and the witness. `config_path` lets an action start a replicator process with
     the same settings."""
-    return Sites(settings, witness, config_path=config_path)
+    return Sites(settings, witness, config_path=config_path, partitions=settings.replication.partitions,
+                 replicator_metrics_port=settings.replication.metrics_port)

@@ -32,6 +32,7 @@ class Sites:
     witness: Witness
     config_path: Path | None = None  # for the replicator process an action may start
     partitions: int = 2
+    replicator_metrics_port: int = 0  # settings.replication.metrics_port (Prometheus scrapes 9464); 0: none
     clock: callable = time.time
     _engines: dict[tuple[str, bool], Engine] = field(default_factory=dict)
     _http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=5.0))
@@ -117,13 +118,26 @@ class Sites:
         running = running_replicator(pid_file)
         if running:
             return running
+        port = self._free_metrics_port(standby, primary)
         with open(folder / f"replicate-{stream}.log", "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "standbyctl.cli", "--config", str(self.config_path), "replicate",
-                 "--from", primary, "--to", standby, "--metrics-port", "0", "--partitions", str(self.partitions)],
+                 "--from", primary, "--to", standby, "--metrics-port", str(port), "--partitions", str(self.partitions)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         pid_file.write_text(str(proc.pid))
         return proc.pid
+
+    def _free_metrics_port(self, old_primary: str, old_standby: str, wait_s: float = 30.0) -> int:
+        """The replicator's metrics port once the stream it replaces (old primary → old standby) has finished: that
+        replicator exits by itself once its source is fenced and everything is applied, and frees the port. If it
+        is still running after `wait_s`, the new one serves no metrics rather than fail to start."""
+        if not self.replicator_metrics_port:
+            return 0
+        old = self.settings.path(self.settings.data_dir) / f"replicate-{stream_name(old_primary, old_standby)}.pid"
+        deadline = time.monotonic() + wait_s
+        while running_replicator(old) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return 0 if running_replicator(old) else self.replicator_metrics_port
 
     def wait_replicating(self, primary: str, standby: str, timeout_s: float) -> int:
         """Wait until the stream's consumer has applied something after now (heartbeats count), so it is running."""

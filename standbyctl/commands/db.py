@@ -53,15 +53,17 @@ def db_upgrade(cli: CliContext, site_id: str, role: str | None, operator: str) -
     url = settings.database_url(site_id)
     witness = open_settings_witness(settings, create=True)
     try:
-        _upgrade_with_witness(witness, url, site_id, SiteRole(role) if role else None, operator)
+        upgrade_with_witness(witness, url, site_id, SiteRole(role) if role else None, operator)
     except WitnessUnavailable as exc:
         fail(str(exc), 1)
     finally:
         witness.close()
 
 
-def _upgrade_with_witness(witness: Witness, url: str, site_id: str, requested: SiteRole | None,
-                          operator: str) -> None:
+def upgrade_with_witness(witness: Witness, url: str, site_id: str, requested: SiteRole | None,
+                         operator: str) -> None:
+    """Migrate the site's database and create its control row as the witness's role rule decides (audited); a
+    refusal ends the command with exit 2 and the rule's sentence. The demo uses it too."""
     started = time.monotonic()
     audit = _auditor(witness, operator, site_id, requested, started)
     existing = _existing_control(url, site_id)

@@ -10,7 +10,9 @@ import uuid
 import click
 from sqlalchemy import select
 
-from standbyctl.context import CliContext, pass_cli
+from standbyctl.commands.db import upgrade_with_witness
+from standbyctl.commands.witness import open_settings_witness
+from standbyctl.context import CliContext, fail, pass_cli
 from standbyctl.demo import Cast, DemoStats, run_traffic
 from loadtests.client import SiteClient
 from standby.api.auth import TokenEntry, TokenRegistry, token_digest
@@ -21,10 +23,9 @@ from standby.ray_runtime import ensure_ray, shutdown_ray
 from standby.reference.orgdata import load_org_data
 from standby.site_process import BackgroundServer, build_site
 from standby.store.engine import make_engine
-from standby.store.migrate import upgrade
 from standby.store.schema import enterprises, officers
 from standby.store.seed import seed
-from standby.store.site import init_site
+from standby.store.site import read_control
 from standby.synthetic import make_declaration_payload
 
 
@@ -44,11 +45,19 @@ def demo(cli: CliContext, site_id: str, declarations: int, concurrency: int, ser
     settings = cli.settings
     url = settings.database_url(site_id)
     step = _Steps()
-    with step("schema"):
+    with step("schema, and the site's role from the witness"):
         settings.path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-        upgrade(url)
+        witness = open_settings_witness(settings, create=True)
+        try:
+            upgrade_with_witness(witness, url, site_id, SiteRole.PRIMARY, operator="demo")
+            state = witness.state()
+        finally:
+            witness.close()
         engine = make_engine(url)
-        init_site(engine, site_id, SiteRole.PRIMARY)
+        control = read_control(engine, site_id)
+        if control.role is not SiteRole.PRIMARY:
+            fail(f"site {site_id} is a standby now (the witness names site {state.primary_site} primary at epoch "
+                 f"{state.epoch}); run the demo on the primary: ./run demo --site {state.primary_site}", 2)
     with step("reference data and synthetic population (first run only)"):
         org = load_org_data(settings.path(settings.reference.org_dir))
         report = seed(engine, org, progress=lambda stage, done, total: None)

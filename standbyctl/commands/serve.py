@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from standbyctl.commands.witness import open_settings_witness
 from standbyctl.context import CliContext, fail, open_site_database, pass_cli, site_option
 from standby.domain.states import SiteRole
 from standby.ray_runtime import ensure_ray, shutdown_ray
@@ -24,16 +25,23 @@ def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, por
           in_process: bool) -> None:
     """Serve SITE's HTTP API (OpenAPI at /docs, metrics at /metrics) until Ctrl-C or SIGTERM.
 
-    A primary accepts intake; a standby answers reads and refuses writes naming the primary."""
+    A primary accepts intake; a standby answers reads and refuses writes naming the primary. The site follows the
+    witness (settings: witness_url): once the witness names a newer epoch than the site's own, the site refuses
+    writes (`stale_epoch`), so a primary that was replaced never takes another write."""
     settings = cli.settings
     engine = open_site_database(cli, site_id)
     control = read_control(engine, site_id)
     if role and control.role.value != role:
         fail(f"site {site_id} is {control.role.value} in its database, not {role}; roles change through a runbook")
+    witness = open_settings_witness(settings, create=False)
+    if witness is None:
+        click.secho(f"warning: no witness at {settings.witness_url}; this site cannot tell a newer epoch. Create it "
+                    f"with `standbyctl db upgrade --site {site_id} --role primary` on the first site.",
+                    fg="yellow", err=True)
     http = settings.site(site_id).http
     host, port = host or http.host, port or http.port
     started_ray = False if in_process else ensure_ray(settings.ray.address, settings.ray.num_cpus)
-    site = build_site(settings, site_id, in_process=in_process)
+    site = build_site(settings, site_id, in_process=in_process, authority=_authority(witness) if witness else None)
     if not len(site.services.tokens):
         click.secho(f"warning: no tokens in {settings.path(settings.auth.tokens_file)}; every API call will get 401. "
                     "Issue some with `standbyctl tokens issue`; the running site picks them up within a second.",
@@ -45,5 +53,15 @@ def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, por
         run_forever(site.app, host, port)
     finally:
         site.close()
+        if witness is not None:
+            witness.close()
         if started_ray:
             shutdown_ray()
+
+
+def _authority(witness):
+    """The witness's epoch and primary, for the site's intake gate (called off the event loop)."""
+    def current() -> tuple[int, str | None]:
+        state = witness.state()
+        return state.epoch, state.primary_site
+    return current
