@@ -10,11 +10,16 @@ read-only clients of the standby. Shapes: `steady` at --multiplier x design, `st
 after cutover, compressed), or `none` (plain -u/-r). Config is read in the `init` event, never at import.
 Stats rows are named by route template; a registration also fires a "DECISION <lane>" row (green p99 is the SLO);
 REPLICATION "lag" and INTAKE "frozen" are custom events for the non-HTTP figures. Every process also writes
-per-second histograms of the SLO measurements (loadtests/latency_log.py), so the knee's plateaus get exact p99s."""
+per-second histograms of the SLO measurements (loadtests/latency_log.py), so the knee's plateaus get exact p99s.
+With --ledger-dir DIR every process also keeps a client-side ledger (see Ledger): every declaration number acknowledged
+to it with what it sent, and its failed, 503-retried and slow requests, which a switchover bench checks afterwards."""
 from __future__ import annotations
 
+import json
+import os
 import random
 import time
+from pathlib import Path
 
 import gevent
 from locust import FastHttpUser, LoadTestShape, events, task
@@ -48,6 +53,9 @@ def _options(parser) -> None:
     # prefix of a single process).
     parser.add_argument("--latency-log", default="",
                         help="write PREFIX_latency.<pid>.csv: per-second green-decision and lag histograms")
+    parser.add_argument("--ledger-dir", default="",
+                        help="append every acknowledged declaration number and what was sent for it to "
+                             "DIR/ledger.<pid>.jsonl, failed/retried/slow requests to DIR/events.<pid>.jsonl")
 
 
 @events.init.add_listener
@@ -83,9 +91,11 @@ def _stop_monitors(**_kw) -> None:
 
 
 @events.request.add_listener
-def _count_latency(request_type, name, response_time, **_kw) -> None:
+def _count_latency(request_type, name, response_time, exception=None, **_kw) -> None:
     if response_time is not None:  # failures count too, as in Locust's own percentiles
         LATENCY.record(request_type, name, response_time, time.time())
+    if request_type not in ("REPLICATION", "INTAKE"):
+        LEDGER.client_event(name, response_time, exception)
 
 
 @events.quitting.add_listener  # fired in every process, workers included, after the last request
@@ -94,6 +104,47 @@ def _write_latency_log(environment, **_kw) -> None:
     prefix = (options.latency_log or getattr(options, "csv_prefix", None)) if options else None
     if prefix and LATENCY.counts:
         LATENCY.write(log_path(prefix))
+
+
+class Ledger:
+    """Opt-in (--ledger-dir) client-side ledger, one file per process, every line written and flushed at once so a
+    reader sees everything answered before it read.
+
+    ledger.<pid>.jsonl: one line per number acknowledged (a pre-declaration's 201; an amendment's 2xx, with its new
+    number): {"number", "base", "supersedes" (the amended number, else null), "enterprise_tax_code", "office_code",
+    "kind", "ms" (the answer's latency), "at" (Unix time of the answer)}. events.<pid>.jsonl: one line per failed
+    request ("failure"), per 503 the client retried ("retried") and per answer slower than SLOW_MS ("slow"):
+    {"kind", "name", "error", "ms", "at"}."""
+
+    SLOW_MS = 200
+
+    def __init__(self) -> None:
+        self._files: dict[str, object] = {}
+
+    def _write(self, stem: str, line: dict) -> None:
+        folder = getattr(SETUP.options, "ledger_dir", "") if SETUP.options else ""
+        if not folder:
+            return
+        if stem not in self._files:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            self._files[stem] = open(Path(folder) / f"{stem}.{os.getpid()}.jsonl", "a", encoding="utf-8")
+        self._files[stem].write(json.dumps(line) + "\n")
+        self._files[stem].flush()
+
+    def acknowledged(self, number: str, body: dict, office: str, ms: float, supersedes: str | None = None) -> None:
+        self._write("ledger", {"number": number, "base": number[:-1], "supersedes": supersedes,
+                               "enterprise_tax_code": body["enterprise_tax_code"], "office_code": office,
+                               "kind": body["kind"], "ms": ms, "at": time.time()})
+
+    def client_event(self, name: str, ms: float | None, exception) -> None:
+        kind = ("failure" if exception is not None else "retried" if name.endswith("[503 retried]")
+                else "slow" if (ms or 0) > self.SLOW_MS else None)
+        if kind:
+            self._write("events", {"kind": kind, "name": name, "error": str(exception)[:300] if exception else None,
+                                   "ms": ms, "at": time.time()})
+
+
+LEDGER = Ledger()
 
 
 class _Paced(FastHttpUser):
@@ -120,17 +171,21 @@ class DeclarantUser(_Paced):
     def declaration_life(self) -> None:
         b, rng = self.behaviour, self.rng
         kind = Kind.EXPORT if rng.random() < b.export_share else Kind.IMPORT
-        body = make_declaration_payload(rng, kind, self.tax_code, rng.choice(SETUP.tokens.offices), SETUP.tariff)
+        office = rng.choice(SETUP.tokens.offices)
+        body = make_declaration_payload(rng, kind, self.tax_code, office, SETUP.tariff)
         made = call(self.client, "POST", "/v1/declarations", self.token, "/v1/declarations", body)
         if not made.ok:
             return
         number = made.body["number"]
+        if made.status == 201:
+            LEDGER.acknowledged(number, body, office, made.ms)
         self.think(b.think_s)
         if rng.random() < b.amend_share:
             amended = call(self.client, "POST", f"/v1/declarations/{number}/amendments", self.token,
                            f"{DECLARATION}/amendments", {"goods": make_goods_lines(rng, kind, SETUP.tariff)})
             if not amended.ok:
                 return
+            LEDGER.acknowledged(amended.body["number"], body, office, amended.ms, supersedes=number)  # 2xx
             number = amended.body["number"]
             self.think(b.think_s)
         reg = call(self.client, "POST", f"/v1/declarations/{number}/registration", self.token,

@@ -215,3 +215,77 @@ def front(cli: CliContext, multiplier: float, seconds: float, rounds: int, worke
     if out:
         out.write_text(json.dumps(summary, indent=2))
         click.echo(f"results written to {out}")
+
+
+@bench.command("switchover")
+@click.option("--switchovers", type=click.IntRange(1, 100), default=10, show_default=True,
+              help="switchovers back and forth: A→B, B→A, … (an even number ends on A)")
+@click.option("--multiplier", type=click.FloatRange(0.1, 100), default=3, show_default=True,
+              help="Locust load through the front as a multiple of the design peak (config/capacity.yaml)")
+@click.option("--backend", type=click.Choice(["sqlite", "postgresql"]), default="sqlite", show_default=True,
+              help="sqlite: files under var/bench/switchover; postgresql: throwaway clusters for A, B and the witness")
+@click.option("--gap-s", type=click.FloatRange(0, 3600), default=10, show_default=True,
+              help="seconds between the end of one switchover and the next: the reverse stream runs and catches up")
+@click.option("--warmup-s", type=click.FloatRange(0, 3600), default=40, show_default=True,
+              help="seconds of load before the first switchover (Locust ramps its users over 30 s)")
+@click.option("--enterprises", "enterprises_count", type=click.IntRange(1000, 10_000_000), default=20_000,
+              show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="write the results as JSON here")
+@pass_cli
+def switchover(cli: CliContext, switchovers: int, multiplier: float, backend: str, gap_s: float, warmup_s: float,
+               enterprises_count: int, out: Path | None) -> None:
+    """Planned switchovers back and forth under Locust through the front, with a client-side ledger.
+
+    \b
+    Deploys on this machine, each in its own process: sites A and B (`serve`), the front, the replicator A → B
+    (the runbook starts each reverse one), with the databases set up through the witness (`db upgrade`, `seed`).
+    Locust drives the front at MULTIPLIER x design and records every number acknowledged to a client (--ledger-dir).
+    Then SWITCHOVERS times `standbyctl runbook run switchover` (A→B, B→A, …), GAP-S seconds apart.
+
+    \b
+    Per switchover, from the runbook journal in the witness and the /metrics of the front and the sites:
+      freeze             the freeze step's frozen_at to intake open on the new primary (the resume step's freeze_s)
+      command→resume     from starting the command to that moment (preflight and verify included)
+      drain, catch-up, bump+promote, reverse    each step's duration (where the freeze goes)
+      held front/site    writes the front and the sites held; added latency: their mean hold (front_hold_seconds,
+                         clearance_intake_hold_seconds)
+      client errors      Locust failures from this switchover's start to the next one's (503s retried in brackets)
+      ledger             every acknowledgement so far found on the new primary, with what the client sent
+    At the end (load stopped, standby settled): the ledger on the final primary, and verify between the sites.
+
+    \b
+    Targets (DESIGN §4): freeze ≤ 1 s max over the switchovers, 0 client errors, 0 lost or doubled. Exits 1 when
+    one is missed, with the reason on the last line. Logs of every process: var/bench/switchover/*.log."""
+    from standbyctl.bench_switchover import main_run, table
+
+    settings = cli.settings
+    started = time.time()
+    click.echo(f"switchover bench: {switchovers} switchovers on {backend} at {multiplier:g}x design, "
+               f"{gap_s:g} s apart")
+    try:
+        result = main_run(settings, workdir=settings.path(settings.data_dir) / "bench" / "switchover",
+                          backend=backend, switchovers=switchovers, multiplier=multiplier, gap_s=gap_s,
+                          warmup_s=warmup_s, enterprises_count=enterprises_count, log=click.echo)
+    except RuntimeError as exc:
+        fail(str(exc))
+    click.echo(table(result["rows"]))
+    failures = sorted({e["error"] for e in result["events"] if e["kind"] == "failure"})[:5]
+    for error in failures:
+        click.echo(f"  client error: {error}")
+    click.echo(f"final primary {result['final_primary']}; 503s retried by clients {result['retried']}; "
+               f"run took {time.time() - started:.0f} s on {platform.node()} ({_cpus()} cores)")
+    if out:
+        out.write_text(json.dumps({"run": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                           "backend": backend, "multiplier": multiplier, "gap_s": gap_s},
+                                   "summary": result["summary"], "failed": result["failed"],
+                                   "rows": [_row_json(r) for r in result["rows"]]}, indent=2, default=str))
+        click.echo(f"results written to {out}")
+    click.echo(result["summary"])
+    if result["failed"]:
+        fail(result["failed"])
+
+
+def _row_json(row: dict) -> dict:
+    import dataclasses
+
+    return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in row.items()}

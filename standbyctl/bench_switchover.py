@@ -1,0 +1,531 @@
+"""standbyctl bench switchover: planned switchovers back and forth under Locust through the front, measured.
+
+A deployment as in production, on one machine: sites A and B (`standbyctl serve`), the front (`standbyctl front`)
+and the replicators (`standbyctl replicate`, the reverse one started by the runbook) each in its own process, one
+witness (SQLite file, or a PostgreSQL database), the sites' Ray actors on one Ray cluster this process starts. The
+database setup goes through the witness as an operator's would (`db upgrade`, `seed`, then `replicate` snapshots B).
+
+Locust drives the front at MULTIPLIER x design with --ledger-dir: every number acknowledged to a client, with what
+the client sent, and every failed or 503-retried request, with its time. Each switchover is `standbyctl runbook run
+switchover` in its own process; its figures come from the runbook journal in the witness (the freeze step's
+`frozen_at` and `drain_s`, the resume step's `freeze_s`, every step's `duration_s`) and from the front's and the
+sites' /metrics read before and after it. After each switchover every acknowledgement so far is looked for on the
+new primary; at the end, with the load stopped and the standby settled, on the final primary, and `verify` compares
+the sites.
+
+The pure parts (read_ledger, check_ledger, figures_from_journal, hold_delta, table, verdict) take plain values and
+are unit-tested; the rest starts and stops processes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from standbyctl.bench_front import percentile
+
+TARGET_FREEZE_S = 1.0
+
+
+# -- pure parts -------------------------------------------------------------------------------------------------------
+
+def read_ledger(folder: Path) -> tuple[list[dict], list[dict]]:
+    """The acknowledgements (ledger.*.jsonl) and client events (events.*.jsonl) Locust wrote to `folder`. A line
+    being written while this reads (no newline yet, or not JSON) is skipped."""
+    found: dict[str, list[dict]] = {"ledger": [], "events": []}
+    for stem, lines in found.items():
+        for path in sorted(Path(folder).glob(f"{stem}.*.jsonl")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    lines.append(json.loads(line))
+                except ValueError:
+                    continue
+    return found["ledger"], found["events"]
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    """Every acknowledged number against the primary's declarations. `lost`: acknowledged, but its declaration is
+    not there or carries an older amendment than the one acknowledged; `doubled`: a number acknowledged twice, or a
+    declaration stored more than once; `mismatched`: stored with another enterprise, office or kind than sent."""
+
+    acknowledged: int
+    lost: list[str] = field(default_factory=list)
+    doubled: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.doubled or self.mismatched)
+
+    def describe(self) -> str:
+        return (f"{self.acknowledged} acknowledged: {len(self.lost)} lost, {len(self.doubled)} doubled, "
+                f"{len(self.mismatched)} mismatched")
+
+
+def check_ledger(acks: list[dict], stored: list[dict]) -> LedgerCheck:
+    """`acks`: ledger lines; `stored`: the primary's declarations as dicts with number, enterprise_tax_code,
+    office_code and kind. A declaration is identified by its base (the number without the amendment digit)."""
+    rows: dict[str, dict] = {}
+    doubled = []
+    for row in stored:
+        if row["number"][:-1] in rows:
+            doubled.append(row["number"])
+        rows[row["number"][:-1]] = row
+    seen, latest = set(), {}
+    for ack in acks:
+        if ack["number"] in seen:
+            doubled.append(ack["number"])
+        seen.add(ack["number"])
+        base = ack["number"][:-1]
+        if base not in latest or ack["number"] > latest[base]["number"]:
+            latest[base] = ack
+    lost, mismatched = [], []
+    for base, ack in sorted(latest.items()):
+        row = rows.get(base)
+        if row is None or row["number"] < ack["number"]:
+            lost.append(ack["number"])
+        elif (row["enterprise_tax_code"], row["office_code"], str(row["kind"])) != (
+                ack["enterprise_tax_code"], ack["office_code"], ack["kind"]):
+            mismatched.append(ack["number"])
+    return LedgerCheck(len(acks), lost, sorted(set(doubled)), mismatched)
+
+
+@dataclass(frozen=True)
+class SwitchFigures:
+    """One run's figures from its journal. freeze_s: the freeze step's frozen_at to intake open on the new primary
+    (the resume step's freeze_s); to_resume_s: the command's start to that moment; steps: duration of each step;
+    frozen_at/resumed_at: Unix times (None when the run did not get there)."""
+
+    status: str
+    freeze_s: float | None
+    to_resume_s: float | None
+    drain_s: float | None
+    steps: dict[str, float]
+    error: str | None = None
+    frozen_at: float | None = None
+    resumed_at: float | None = None
+
+
+def _result(entries, step: str) -> dict | None:
+    for e in reversed(entries):
+        if e.step == step and e.phase in ("acted", "done") and isinstance(e.detail.get("result"), dict):
+            return e.detail["result"]
+    return None
+
+
+def figures_from_journal(entries, status: str, command_at: float) -> SwitchFigures:
+    """`entries`: the run's journal (objects with step, phase, at, detail), in order; `command_at`: Unix time the
+    command was started. A run that never resumed has freeze_s None and its first error in `error`."""
+    steps = {}
+    for e in entries:
+        if e.phase == "done" and "duration_s" in e.detail:
+            steps[e.step] = float(e.detail["duration_s"])
+    freeze, resume = _result(entries, "freeze") or {}, _result(entries, "resume") or {}
+    freeze_s = resume.get("freeze_s")
+    frozen_at = freeze.get("frozen_at")
+    resumed_at = frozen_at + freeze_s if freeze_s is not None and frozen_at else None
+    error = next((str(e.detail.get("error")) for e in entries if e.phase in ("failed", "rollback_failed")), None)
+    return SwitchFigures(status, freeze_s, resumed_at - command_at if resumed_at else None, freeze.get("drain_s"),
+                         steps, error, frozen_at, resumed_at)
+
+
+def client_pause(events: list[dict], figures: SwitchFigures) -> tuple[int, float | None]:
+    """Client requests slower than the ledger's SLOW_MS that were in flight while intake was frozen (answered
+    after frozen_at, sent before resumed_at), and the slowest one's latency in ms: the pause as clients saw it."""
+    if figures.frozen_at is None or figures.resumed_at is None:
+        return 0, None
+    during = [e["ms"] for e in events if e["kind"] == "slow" and e["at"] >= figures.frozen_at
+              and e["at"] - e["ms"] / 1000 <= figures.resumed_at]
+    return len(during), max(during) if during else None
+
+
+def metric_totals(text: str) -> dict[str, float]:
+    """Every sample of a Prometheus text page summed by sample name (labels added up)."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if not s.name.endswith("_bucket"):
+                totals[s.name] = totals.get(s.name, 0.0) + s.value
+    return totals
+
+
+def hold_delta(before: dict[str, dict], after: dict[str, dict]) -> dict:
+    """Requests held over one switchover and the latency the holds added, from the front's and the sites' metric
+    totals before and after it (`{"front": {...}, "A": {...}, "B": {...}}`)."""
+    def d(where: str, name: str) -> float:
+        return after.get(where, {}).get(name, 0.0) - before.get(where, {}).get(name, 0.0)
+
+    sites = [k for k in after if k != "front"]
+    site_held = sum(d(s, "clearance_intake_holds_total") for s in sites)
+    site_s = sum(d(s, "clearance_intake_hold_seconds_sum") for s in sites)
+    site_n = sum(d(s, "clearance_intake_hold_seconds_count") for s in sites)
+    front_n = d("front", "front_hold_seconds_count")
+    return {"front_held": int(d("front", "front_held_total")), "site_held": int(site_held),
+            "site_hold_mean_ms": round(site_s / site_n * 1000, 1) if site_n else None,
+            "front_hold_mean_ms": round(d("front", "front_hold_seconds_sum") / front_n * 1000, 1) if front_n else None,
+            "front_refused": int(d("front", "front_refused_total")),
+            "site_refused": int(sum(d(s, "clearance_intake_hold_refused_total") for s in sites))}
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value * 1000:,.0f}"
+
+
+def table(rows: list[dict]) -> str:
+    """The per-switchover table (Markdown). Row keys: n, direction, figures (SwitchFigures), holds (hold_delta),
+    slowed (count, max ms from client_pause), errors, retried, ledger (LedgerCheck or None)."""
+    lines = ["| # | switch | freeze ms | command→resume ms | drain ms | catch-up ms | bump+promote ms | reverse ms | "
+             "held front/site | hold mean ms front/site | refused front/site | clients slowed (max ms) | "
+             "client errors (503 retried) | ledger |", "|" + "---|" * 14]
+    for r in rows:
+        f, h, s = r["figures"], r["holds"], r["figures"].steps
+        bump = s.get("bump_epoch", 0) + s.get("promote", 0) if "promote" in s else None
+        ledger = r["ledger"].describe() if r["ledger"] else "—"
+        lines.append(f"| {r['n']} | {r['direction']} | {_ms(f.freeze_s)} | {_ms(f.to_resume_s)} | {_ms(f.drain_s)} | "
+                     f"{_ms(s.get('catch_up'))} | {_ms(bump)} | {_ms(s.get('reverse_stream'))} | "
+                     f"{h['front_held']}/{h['site_held']} | {h['front_hold_mean_ms'] or '—'}/"
+                     f"{h['site_hold_mean_ms'] or '—'} | {h['front_refused']}/{h['site_refused']} | "
+                     f"{r['slowed'][0]} ({r['slowed'][1] or '—'}) | {r['errors']} ({r['retried']}) | "
+                     f"{ledger} |")
+    return "\n".join(lines)
+
+
+def verdict(rows: list[dict], final: LedgerCheck, verify_ok: bool, errors: int,
+            target_s: float = TARGET_FREEZE_S) -> tuple[str, str | None]:
+    """The summary line, and the reason the run missed a target (None when every target is met): freeze <=
+    target_s max over the switchovers, every switchover done, 0 client errors, 0 lost or doubled, verify clean."""
+    freezes = [r["figures"].freeze_s for r in rows if r["figures"].freeze_s is not None]
+    worst = max(freezes) if freezes else None
+    median = percentile(freezes, 50) if freezes else None
+    slowest = max((r["slowed"][1] for r in rows if r.get("slowed") and r["slowed"][1] is not None), default=None)
+    summary = (f"freeze max {_ms(worst)} ms, median {_ms(median)} ms over {len(freezes)} of {len(rows)} switchovers "
+               f"(target ≤ {target_s * 1000:.0f} ms max); slowest client request during a freeze "
+               f"{'—' if slowest is None else f'{slowest:,.0f}'} ms; client errors {errors} (target 0); final ledger "
+               f"{final.describe()} (target 0 lost or doubled); verify {'clean' if verify_ok else 'NOT clean'}")
+    reasons = []
+    if len(freezes) < len(rows) or any(r["figures"].status != "done" for r in rows):
+        reasons.append("not every switchover completed")
+    if worst is not None and worst > target_s:
+        reasons.append(f"freeze max {worst * 1000:.0f} ms > {target_s * 1000:.0f} ms")
+    if errors:
+        reasons.append(f"{errors} client errors")
+    if not final.ok:
+        reasons.append(f"ledger: {final.describe()}")
+    if not verify_ok:
+        reasons.append("verify found differences")
+    return summary, ("target missed: " + "; ".join(reasons)) if reasons else None
+
+
+# -- the deployment: processes, each with its log in the work folder ---------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Deployment:
+    """The bench's processes (sites, front, Locust; the replicators through their pid files) and the settings file
+    they share. `stop()` ends every one of them, the clusters and the Ray cluster; safe to call twice."""
+
+    def __init__(self, workdir: Path, log):
+        self.workdir, self.log = workdir, log
+        self.config = workdir / "bench.yaml"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.clusters: list = []
+        self.started_ray = False
+
+    def cli_args(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "standbyctl.cli", "--config", str(self.config), *args]
+
+    def run(self, *args: str, timeout_s: float = 900) -> str:
+        """Run one standbyctl command to its end; raise RuntimeError with its output's tail if it fails."""
+        done = subprocess.run(self.cli_args(*args), capture_output=True, text=True, timeout=timeout_s)
+        if done.returncode != 0:
+            raise RuntimeError(f"`standbyctl {' '.join(args)}` exited {done.returncode}: "
+                               f"{(done.stdout + done.stderr)[-1500:]}")
+        return done.stdout
+
+    def spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        out = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=self.workdir)
+        self.procs[name] = proc
+        return proc
+
+    def wait_http(self, name: str, url: str, timeout_s: float = 180, token: str | None = None) -> None:
+        """Wait until `url` answers 200 (with `token` as bearer); RuntimeError if `name` exits or time runs out."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        for attempt in Retrying(retry=retry_if_exception_type((httpx.HTTPError, AssertionError)),
+                                wait=wait_fixed(0.25), stop=stop_after_delay(timeout_s), reraise=True):
+            with attempt:
+                proc = self.procs.get(name)
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.workdir / name}.log")
+                assert httpx.get(url, headers=headers, timeout=2).status_code == 200, f"{url} not ready"
+
+    def stop(self) -> None:
+        for name, proc in reversed(list(self.procs.items())):
+            _terminate(proc.pid, proc)
+        self.procs.clear()
+        for pid in replicator_pids(self.workdir):
+            _terminate(pid, None)
+        for cluster in self.clusters:
+            cluster.cleanup()
+        self.clusters.clear()
+        if self.started_ray:
+            from standby.ray_runtime import shutdown_ray
+
+            shutdown_ray()
+            self.started_ray = False
+
+
+def _terminate(pid: int, proc: subprocess.Popen | None, timeout_s: float = 60) -> None:
+    """SIGTERM the process group `pid` leads, SIGKILL it if it has not ended within `timeout_s`."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (proc.poll() is not None) if proc else not Path(f"/proc/{pid}").exists():
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def replicator_pids(workdir: Path) -> list[int]:
+    from cutover.actions.sites import running_replicator
+
+    return [pid for f in workdir.glob("replicate-*.pid") if (pid := running_replicator(f))]
+
+
+def write_settings(dep: Deployment, base, backend: str, ray_address: str) -> None:
+    """The shared settings file: sites A (digit 1) and B (digit 2), the witness, the front, Ray and tokens."""
+    urls = {}
+    if backend == "postgresql":
+        from standby.store.pg_cluster import PgCluster
+
+        for part in ("a", "b", "witness"):
+            cluster = PgCluster(name=f"sw-{part}").start()
+            dep.clusters.append(cluster)
+            urls[part] = cluster.create_database(f"switchover_{part}")
+        dep.log(f"  PostgreSQL clusters on ports {', '.join(str(c.port) for c in dep.clusters)}")
+    else:
+        urls = {p: f"sqlite:///{dep.workdir / f'{p}.db'}" for p in ("a", "b", "witness")}
+    dep.config.write_text(yaml.safe_dump({
+        "root": str(base.root), "data_dir": str(dep.workdir),
+        "sites": {s: {"site_digit": d, "database_url": urls[s.lower()],
+                      "http": {"host": "127.0.0.1", "port": free_port()}} for s, d in (("A", 1), ("B", 2))},
+        "witness_url": urls["witness"], "front": {"host": "127.0.0.1", "port": free_port()},
+        "ray": {"address": ray_address, "workers": base.ray.workers},
+        "auth": {"tokens_file": str(dep.workdir / "tokens.yaml")}, "intake": base.intake.model_dump(),
+        "reference": {k: str(base.path(v)) for k, v in base.reference.model_dump().items()},
+    }))
+
+
+def deploy(base, workdir: Path, backend: str, enterprises_count: int, log) -> tuple[Deployment, object]:
+    """Sites A (primary) and B (its standby, snapshotted by the replicator A → B and caught up), the front, and
+    tokens for 300 declarants, all running. Returns the deployment (stop it!) and its settings."""
+    import ray
+
+    from standby.ray_runtime import ensure_ray
+    from standby.settings import load_settings
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    dep = Deployment(workdir, log)
+    try:
+        dep.started_ray = ensure_ray(None, None)
+        write_settings(dep, base, backend, ray.get_runtime_context().gcs_address)
+        settings = load_settings(dep.config)
+        log("- databases through the witness: db upgrade A (primary), db upgrade B (standby), seed A …")
+        dep.run("db", "upgrade", "--site", "A", "--role", "primary", "--operator", "bench")
+        dep.run("db", "upgrade", "--site", "B", "--operator", "bench")
+        dep.run("seed", "--site", "A", "--enterprises", str(enterprises_count), "--officers-per-section", "2")
+        dep.run("tokens", "issue-many", "--site", "A", "--declarants", "300", "--out", str(workdir / "tokens.json"),
+                "--label", "bench-switchover")
+        log("- replicator A → B (snapshot, then streaming), sites A and B, the front …")
+        start_forward_stream(dep, settings)
+        token = json.loads((workdir / "tokens.json").read_text())["declarants"][-1]["token"]
+        for site in ("A", "B"):
+            dep.spawn(f"site-{site.lower()}", dep.cli_args("serve", "--site", site))
+        for site in ("A", "B"):
+            dep.wait_http(f"site-{site.lower()}", f"{site_url(settings, site)}/v1/site", token=token)
+        dep.spawn("front", dep.cli_args("front"))
+        dep.wait_http("front", f"{front_url(settings)}/readyz")
+        return dep, settings
+    except BaseException:
+        dep.stop()
+        raise
+
+
+def start_forward_stream(dep: Deployment, settings) -> None:
+    """The replicator A → B as the runbook starts one (its pid file in the work folder), then wait until B has
+    applied everything A committed."""
+    from cutover.actions.sites import Sites
+    from cutover.witness import open_witness
+    from replication.progress import wait_until_applied
+    from replication.sources import stream_name
+
+    sites = Sites(settings, open_witness(settings.witness_url, root=settings.root), config_path=dep.config)
+    try:
+        sites.start_replicator("A", "B")
+        sites.wait_replicating("A", "B", timeout_s=600)
+        source = sites.change_source("A", "B")
+        try:
+            wait_until_applied(source, sites.engine("B", writer=False), stream_name("A", "B"), timeout_s=600)
+        finally:
+            source.close()
+    finally:
+        sites.witness.close()
+        sites.close()
+
+
+def site_url(settings, site: str) -> str:
+    http = settings.site(site).http
+    return f"http://{http.host}:{http.port}"
+
+
+def front_url(settings) -> str:
+    return f"http://{settings.front.host}:{settings.front.port}"
+
+
+# -- the run ----------------------------------------------------------------------------------------------------------
+
+def start_locust(dep: Deployment, settings, multiplier: float) -> subprocess.Popen:
+    """Locust headless at `multiplier` x design (steady shape) against the front, with the client-side ledger;
+    it runs until stopped (SIGTERM)."""
+    root = settings.root
+    return dep.spawn("locust", [
+        sys.executable, "-m", "locust", "-f", str(root / "loadtests/locustfile.py"), "--headless",
+        "--host", front_url(settings), "--tokens-file", str(dep.workdir / "tokens.json"), "--shape", "steady",
+        "--multiplier", str(multiplier), "--loadtest-config", str(root / "config/loadtest.yaml"),
+        "--capacity-config", str(settings.path(settings.reference.capacity)), "-t", "6h",
+        "--csv", str(dep.workdir / "locust"), "--only-summary", "--ledger-dir", str(dep.workdir / "ledger")])
+
+
+def scrape(settings) -> dict[str, dict]:
+    """Metric totals of the front and both sites (an unreachable one reads as empty)."""
+    out = {}
+    for name, url in (("front", front_url(settings)), ("A", site_url(settings, "A")), ("B", site_url(settings, "B"))):
+        try:
+            out[name] = metric_totals(httpx.get(f"{url}/metrics", timeout=5).text)
+        except httpx.HTTPError:
+            out[name] = {}
+    return out
+
+
+def stored_declarations(settings, site: str) -> list[dict]:
+    from standby.store.engine import make_engine
+    from standby.store.schema import declarations
+
+    engine = make_engine(settings.database_url(site), writer=False)
+    try:
+        with engine.connect() as conn:
+            return [dict(r) for r in conn.execute(select(
+                declarations.c.number, declarations.c.enterprise_tax_code, declarations.c.office_code,
+                declarations.c.kind)).mappings()]
+    finally:
+        engine.dispose()
+
+
+def ledger_against(dep: Deployment, settings, site: str) -> LedgerCheck:
+    """Every acknowledgement so far (read first) against `site`'s declarations (read after)."""
+    acks, _ = read_ledger(dep.workdir / "ledger")
+    return check_ledger(acks, stored_declarations(settings, site))
+
+
+def switch_once(dep: Deployment, settings, witness, n: int, source: str, target: str) -> dict:
+    """One `runbook run switchover` from `source` to `target` with its figures, holds and ledger check."""
+    before = scrape(settings)
+    command_at = time.time()
+    with (dep.workdir / f"switchover-{n:02d}.log").open("w") as out:
+        rc = subprocess.run(dep.cli_args("runbook", "run", "switchover", "--param", f"from={source}", "--param",
+                                         f"to={target}", "--yes", "--operator", "bench", "--metrics-port", "0"),
+                            stdout=out, stderr=subprocess.STDOUT, timeout=1800).returncode
+    run = next((r for r in witness.runs(5) if r.runbook == "switchover" and r.started_at >= command_at - 1), None)
+    if run is None:
+        figures = SwitchFigures(f"exit {rc}, no run journaled", None, None, None, {},
+                                (dep.workdir / f"switchover-{n:02d}.log").read_text()[-300:])
+    else:
+        figures = figures_from_journal(witness.entries(run.run_id), run.status, command_at)
+    holds = hold_delta(before, scrape(settings))
+    primary = witness.state().primary_site
+    return {"n": n, "direction": f"{source}→{target}", "figures": figures, "holds": holds, "exit": rc,
+            "command_at": command_at, "ledger": ledger_against(dep, settings, primary)}
+
+
+def count_events(events: list[dict], start: float, end: float) -> tuple[int, int]:
+    """Client failures and 503-retried requests with start <= at < end."""
+    inside = [e for e in events if start <= e["at"] < end]
+    return sum(e["kind"] == "failure" for e in inside), sum(e["kind"] == "retried" for e in inside)
+
+
+def main_run(base, *, workdir: Path, backend: str, switchovers: int, multiplier: float, gap_s: float,
+             warmup_s: float, enterprises_count: int, log) -> dict:
+    """Deploy, load, switch `switchovers` times A→B, B→A, …, `gap_s` apart, check, stop everything. Returns rows
+    (per switchover), the final ledger check, verify's result, the client errors and the summary/verdict."""
+    from cutover.actions.sites import Sites
+    from cutover.witness import open_witness
+
+    dep, settings = deploy(base, workdir, backend, enterprises_count, log)
+    witness = open_witness(settings.witness_url, root=settings.root)
+    rows: list[dict] = []
+    try:
+        locust = start_locust(dep, settings, multiplier)
+        log(f"- Locust at {multiplier:g}x design through the front {front_url(settings)}; "
+            f"warming up {warmup_s:g} s …")
+        time.sleep(warmup_s)
+        for n in range(1, switchovers + 1):
+            source, target = ("A", "B") if n % 2 else ("B", "A")
+            if locust.poll() is not None:
+                raise RuntimeError(f"Locust exited with {locust.returncode}; see {workdir / 'locust.log'}")
+            row = switch_once(dep, settings, witness, n, source, target)
+            rows.append(row)
+            f = row["figures"]
+            log(f"  {n:>2}. {row['direction']} {f.status}: freeze {_ms(f.freeze_s)} ms, command→resume "
+                f"{_ms(f.to_resume_s)} ms, held front/site {row['holds']['front_held']}/{row['holds']['site_held']}, "
+                f"ledger {row['ledger'].describe()}" + (f"; error: {f.error}" if f.error else ""))
+            if f.status != "done":
+                break
+            time.sleep(gap_s)
+        log("- stopping the load; settling the standby; final ledger check and verify …")
+        _terminate(locust.pid, locust)
+        primary = witness.state().primary_site
+        standby = "B" if primary == "A" else "A"
+        sites = Sites(settings, witness, config_path=dep.config)
+        try:
+            verify_ok = sites.verify(primary, standby, settle_timeout_s=120).ok
+        finally:
+            sites.close()
+        final = ledger_against(dep, settings, primary)
+        _, events = read_ledger(workdir / "ledger")
+    finally:
+        witness.close()
+        dep.stop()
+    ends = [r["command_at"] for r in rows[1:]] + [float("inf")]
+    for row, end in zip(rows, ends):
+        row["errors"], row["retried"] = count_events(events, row["command_at"], end)
+        row["slowed"] = client_pause(events, row["figures"])
+    errors = sum(e["kind"] == "failure" for e in events)
+    summary, failed = verdict(rows, final, verify_ok, errors)
+    return {"rows": rows, "final": final, "verify_ok": verify_ok, "errors": errors, "events": events,
+            "retried": sum(e["kind"] == "retried" for e in events), "summary": summary, "failed": failed,
+            "final_primary": primary}
