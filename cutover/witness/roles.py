@@ -124,6 +124,8 @@ def disagreement(site_id: str, role: SiteRole | None, epoch: int | None, witness
     if role is SiteRole.STANDBY and witness.primary_site == site_id:
         return (f"site {site_id}'s control row says standby, but the witness names it primary at epoch "
                 f"{witness.epoch}: a promotion did not finish")
-    if epoch is not None and epoch != witness.epoch:
-        return f"site {site_id}'s control row is at epoch {epoch}, the witness at epoch {witness.epoch}"
+    # A standby keeps the epoch it last served under (a fenced old primary, or one never promoted): only a primary
+    # must be at the witness's epoch.
+    if role is SiteRole.PRIMARY and epoch is not None and epoch != witness.epoch:
+        return f"site {site_id}'s control row is primary at epoch {epoch}, the witness at epoch {witness.epoch}"
     return None
