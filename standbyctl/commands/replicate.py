@@ -65,7 +65,12 @@ def replicate(cli: CliContext, source_site: str, target_site: str, partitions: i
     settings, stream = cli.settings, stream_name(source_site, target_site)
     metrics = ReplicationMetrics(stream)
     if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        try:
+            start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        except OSError as exc:  # replicating matters more than its metrics: say so loudly and go on
+            click.secho(f"warning: no /metrics on port {metrics_port} ({exc.strerror}; another replicator?); "
+                        f"replicating without them. Restart with --metrics-port N to have them.", fg="yellow",
+                        err=True)
     source = open_source(settings.database_url(source_site), source_site, target_site)
     started_ray = ensure_ray(settings.ray.address, settings.ray.num_cpus)
     pool = ApplyPool(settings.database_url(target_site), partitions)
