@@ -20,6 +20,7 @@ from replication.changes import ChangeSource
 from replication.progress import applied_position, wait_until_applied
 from replication.sources import open_source, stream_name
 from replication.verify import verify
+from standby.processes import command_line, pid_alive
 from standby.settings import Settings
 from standby.store.engine import make_engine
 from standby.store.schema import replication_heartbeat, replication_state
@@ -166,7 +167,6 @@ def running_replicator(pid_file: Path) -> int | None:
     """The pid in `pid_file` if that process is alive and is a replicator (a pid may have been reused)."""
     try:
         pid = int(pid_file.read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return pid if b"replicate" in cmdline else None
+    return pid if pid_alive(pid) and " replicate " in f" {command_line(pid)} " else None

@@ -34,6 +34,7 @@ from cutover.runbook.plan import (RUN_EVENT, Move, MoveKind, RunEvent, RunStatus
 from cutover.runbook.refs import RefError, resolve
 from cutover.runbook.spec import Operation, Step
 from cutover.witness.contract import AuditRecord, JournalEntry, RunRecord, Witness
+from standby.processes import pid_alive
 
 PRECONDITION_TIMEOUT_S = 30.0
 
@@ -373,18 +374,6 @@ def owner_alive(entries: list[JournalEntry], host: str | None = None) -> bool:
     pid = int(owners[-1].get("pid", 0))
     if pid == os.getpid():
         return False  # this process: it is not driving the run while it asks
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _not_zombie(pid)
+    return pid_alive(pid)
 
 
-def _not_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True

@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+from standby.processes import pid_alive
+
 SUPERUSER = "postgres"  # the database role initdb creates (-U)
 FALLBACK_OS_USER = "standby-pg"
 SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
@@ -139,21 +141,6 @@ def free_port() -> int:
                 _ports_taken.add(port)
                 return port
     raise PgClusterError("found no free TCP port on 127.0.0.1")
-
-
-def _pid_alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie (a zombie no longer holds files or shared memory)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True  # no /proc: trust kill()
 
 
 def _children_of(pid: int) -> list[int]:
@@ -275,7 +262,7 @@ class PgCluster:
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if not _pid_alive(pid) and not any(_pid_alive(c) for c in children):
+            if not pid_alive(pid) and not any(pid_alive(c) for c in children):
                 return pid
             time.sleep(0.02)
         raise PgClusterError(self._with_log(f"postmaster {pid} or its backends still alive 30 s after SIGKILL"))
@@ -317,7 +304,7 @@ class PgCluster:
             pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def is_running(self) -> bool:
         return self.postmaster_pid() is not None
@@ -331,7 +318,7 @@ class PgCluster:
                 pid = int(lock.read_text().split("\n", 1)[0])
             except (OSError, ValueError):
                 continue
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 lock.unlink(missing_ok=True)
 
     # --- databases and URLs ------------------------------------------------------------------------------------
