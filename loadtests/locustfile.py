@@ -91,11 +91,11 @@ def _stop_monitors(**_kw) -> None:
 
 
 @events.request.add_listener
-def _count_latency(request_type, name, response_time, exception=None, **_kw) -> None:
+def _count_latency(request_type, name, response_time, exception=None, response=None, **_kw) -> None:
     if response_time is not None:  # failures count too, as in Locust's own percentiles
         LATENCY.record(request_type, name, response_time, time.time())
     if request_type not in ("REPLICATION", "INTAKE"):
-        LEDGER.client_event(name, response_time, exception)
+        LEDGER.client_event(name, response_time, exception, getattr(response, "error", None))
 
 
 @events.quitting.add_listener  # fired in every process, workers included, after the last request
@@ -136,12 +136,13 @@ class Ledger:
                                "enterprise_tax_code": body["enterprise_tax_code"], "office_code": office,
                                "kind": body["kind"], "ms": ms, "at": time.time()})
 
-    def client_event(self, name: str, ms: float | None, exception) -> None:
+    def client_event(self, name: str, ms: float | None, exception, cause=None) -> None:
+        """`cause`: the transport error behind a status-0 answer (connection reset, timeout), if any."""
         kind = ("failure" if exception is not None else "retried" if name.endswith("[503 retried]")
                 else "slow" if (ms or 0) > self.SLOW_MS else None)
         if kind:
-            self._write("events", {"kind": kind, "name": name, "error": str(exception)[:300] if exception else None,
-                                   "ms": ms, "at": time.time()})
+            error = f"{exception}{f' ({cause!r})' if cause is not None else ''}"[:300] if exception else None
+            self._write("events", {"kind": kind, "name": name, "error": error, "ms": ms, "at": time.time()})
 
 
 LEDGER = Ledger()

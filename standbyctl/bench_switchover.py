@@ -37,6 +37,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_f
 from standbyctl.bench_front import percentile
 
 TARGET_FREEZE_S = 1.0
+ON_THE_CLOCK = ("catch_up", "bump_epoch", "promote", "reverse_stream", "resume")  # steps after frozen_at
 
 
 # -- pure parts -------------------------------------------------------------------------------------------------------
@@ -118,6 +119,14 @@ class SwitchFigures:
     frozen_at: float | None = None
     resumed_at: float | None = None
 
+    @property
+    def between_steps_s(self) -> float | None:
+        """The part of the freeze outside the steps' own actions after the freeze (catch-up … resume): the journal
+        and audit writes and the planning between steps."""
+        if self.freeze_s is None:
+            return None
+        return self.freeze_s - sum(self.steps.get(k, 0.0) for k in ON_THE_CLOCK)
+
 
 def _result(entries, step: str) -> dict | None:
     for e in reversed(entries):
@@ -188,17 +197,20 @@ def table(rows: list[dict]) -> str:
     """The per-switchover table (Markdown). Row keys: n, direction, figures (SwitchFigures), holds (hold_delta),
     slowed (count, max ms from client_pause), errors, retried, ledger (LedgerCheck or None)."""
     lines = ["| # | switch | freeze ms | command→resume ms | drain ms | catch-up ms | bump+promote ms | reverse ms | "
-             "held front/site | hold mean ms front/site | refused front/site | clients slowed (max ms) | "
-             "client errors (503 retried) | ledger |", "|" + "---|" * 14]
+             "journal & between steps ms | held front/site | hold mean ms front/site | refused front/site | "
+             "clients slowed (max ms) | client errors (503 retried) | ledger |", "|" + "---|" * 15]
     for r in rows:
         f, h, s = r["figures"], r["holds"], r["figures"].steps
         bump = s.get("bump_epoch", 0) + s.get("promote", 0) if "promote" in s else None
         ledger = r["ledger"].describe() if r["ledger"] else "—"
-        lines.append(f"| {r['n']} | {r['direction']} | {_ms(f.freeze_s)} | {_ms(f.to_resume_s)} | {_ms(f.drain_s)} | "
-                     f"{_ms(s.get('catch_up'))} | {_ms(bump)} | {_ms(s.get('reverse_stream'))} | "
-                     f"{h['front_held']}/{h['site_held']} | {h['front_hold_mean_ms'] or '—'}/"
-                     f"{h['site_hold_mean_ms'] or '—'} | {h['front_refused']}/{h['site_refused']} | "
-                     f"{r['slowed'][0]} ({r['slowed'][1] or '—'}) | {r['errors']} ({r['retried']}) | "
+        refused = f" (refused {len(r['refusals'])}x first)" if r.get("refusals") else ""
+        slowest = r["slowed"][1]
+        lines.append(f"| {r['n']} | {r['direction']}{refused} | {_ms(f.freeze_s)} | {_ms(f.to_resume_s)} | "
+                     f"{_ms(f.drain_s)} | {_ms(s.get('catch_up'))} | {_ms(bump)} | {_ms(s.get('reverse_stream'))} | "
+                     f"{_ms(f.between_steps_s)} | {h['front_held']}/{h['site_held']} | "
+                     f"{h['front_hold_mean_ms'] or '—'}/{h['site_hold_mean_ms'] or '—'} | "
+                     f"{h['front_refused']}/{h['site_refused']} | {r['slowed'][0]} "
+                     f"({_ms(slowest / 1000 if slowest is not None else None)}) | {r['errors']} ({r['retried']}) | "
                      f"{ledger} |")
     return "\n".join(lines)
 
@@ -335,6 +347,7 @@ def write_settings(dep: Deployment, base, backend: str, ray_address: str) -> Non
                       "http": {"host": "127.0.0.1", "port": free_port()}} for s, d in (("A", 1), ("B", 2))},
         "witness_url": urls["witness"], "front": {"host": "127.0.0.1", "port": free_port()},
         "ray": {"address": ray_address, "workers": base.ray.workers},
+        "replication": {"partitions": 2, "metrics_port": 0},  # no clash with a replicator of another deployment
         "auth": {"tokens_file": str(dep.workdir / "tokens.yaml")}, "intake": base.intake.model_dump(),
         "reference": {k: str(base.path(v)) for k, v in base.reference.model_dump().items()},
     }))
@@ -452,24 +465,38 @@ def ledger_against(dep: Deployment, settings, site: str) -> LedgerCheck:
     return check_ledger(acks, stored_declarations(settings, site))
 
 
-def switch_once(dep: Deployment, settings, witness, n: int, source: str, target: str) -> dict:
-    """One `runbook run switchover` from `source` to `target` with its figures, holds and ledger check."""
-    before = scrape(settings)
+def run_runbook(dep: Deployment, witness, log_path: Path, source: str, target: str) -> SwitchFigures:
+    """`standbyctl runbook run switchover` from `source` to `target` in its own process, then its journal's
+    figures (timed from this call)."""
     command_at = time.time()
-    with (dep.workdir / f"switchover-{n:02d}.log").open("w") as out:
+    with log_path.open("a") as out:
         rc = subprocess.run(dep.cli_args("runbook", "run", "switchover", "--param", f"from={source}", "--param",
                                          f"to={target}", "--yes", "--operator", "bench", "--metrics-port", "0"),
                             stdout=out, stderr=subprocess.STDOUT, timeout=1800).returncode
     run = next((r for r in witness.runs(5) if r.runbook == "switchover" and r.started_at >= command_at - 1), None)
     if run is None:
-        figures = SwitchFigures(f"exit {rc}, no run journaled", None, None, None, {},
-                                (dep.workdir / f"switchover-{n:02d}.log").read_text()[-300:])
-    else:
-        figures = figures_from_journal(witness.entries(run.run_id), run.status, command_at)
+        return SwitchFigures(f"exit {rc}, no run journaled", None, None, None, {}, log_path.read_text()[-300:])
+    return figures_from_journal(witness.entries(run.run_id), run.status, command_at)
+
+
+def switch_once(dep: Deployment, settings, witness, n: int, source: str, target: str, *, retries: int,
+                pause_s: float) -> dict:
+    """One switchover with its figures, holds and ledger check. A run refused before freezing (a precondition,
+    e.g. the freeze estimate over budget) is run again after `pause_s`, up to `retries` times, as an operator
+    would; the refusals are counted in the row. A run that froze is never repeated."""
+    before, started_at, refusals = scrape(settings), time.time(), []
+    log_path = dep.workdir / f"switchover-{n:02d}.log"
+    while True:
+        figures = run_runbook(dep, witness, log_path, source, target)
+        if figures.status == "done" or figures.frozen_at is not None or len(refusals) >= retries:
+            break
+        refusals.append(figures.error or figures.status)
+        dep.log(f"      refused before freezing ({(figures.error or figures.status)[-160:]}); again in {pause_s:g} s")
+        time.sleep(pause_s)
     holds = hold_delta(before, scrape(settings))
     primary = witness.state().primary_site
-    return {"n": n, "direction": f"{source}→{target}", "figures": figures, "holds": holds, "exit": rc,
-            "command_at": command_at, "ledger": ledger_against(dep, settings, primary)}
+    return {"n": n, "direction": f"{source}→{target}", "figures": figures, "holds": holds, "refusals": refusals,
+            "command_at": started_at, "ledger": ledger_against(dep, settings, primary)}
 
 
 def count_events(events: list[dict], start: float, end: float) -> tuple[int, int]:
@@ -479,7 +506,7 @@ def count_events(events: list[dict], start: float, end: float) -> tuple[int, int
 
 
 def main_run(base, *, workdir: Path, backend: str, switchovers: int, multiplier: float, gap_s: float,
-             warmup_s: float, enterprises_count: int, log) -> dict:
+             warmup_s: float, enterprises_count: int, retries: int, log) -> dict:
     """Deploy, load, switch `switchovers` times A→B, B→A, …, `gap_s` apart, check, stop everything. Returns rows
     (per switchover), the final ledger check, verify's result, the client errors and the summary/verdict."""
     from cutover.actions.sites import Sites
@@ -497,7 +524,7 @@ def main_run(base, *, workdir: Path, backend: str, switchovers: int, multiplier:
             source, target = ("A", "B") if n % 2 else ("B", "A")
             if locust.poll() is not None:
                 raise RuntimeError(f"Locust exited with {locust.returncode}; see {workdir / 'locust.log'}")
-            row = switch_once(dep, settings, witness, n, source, target)
+            row = switch_once(dep, settings, witness, n, source, target, retries=retries, pause_s=gap_s)
             rows.append(row)
             f = row["figures"]
             log(f"  {n:>2}. {row['direction']} {f.status}: freeze {_ms(f.freeze_s)} ms, command→resume "
@@ -507,6 +534,7 @@ def main_run(base, *, workdir: Path, backend: str, switchovers: int, multiplier:
                 break
             time.sleep(gap_s)
         log("- stopping the load; settling the standby; final ledger check and verify …")
+        stop_at = time.time()  # requests cut off by stopping Locust are not client errors of a switchover
         _terminate(locust.pid, locust)
         primary = witness.state().primary_site
         standby = "B" if primary == "A" else "A"
@@ -520,12 +548,12 @@ def main_run(base, *, workdir: Path, backend: str, switchovers: int, multiplier:
     finally:
         witness.close()
         dep.stop()
-    ends = [r["command_at"] for r in rows[1:]] + [float("inf")]
+    ends = [r["command_at"] for r in rows[1:]] + [stop_at]
     for row, end in zip(rows, ends):
         row["errors"], row["retried"] = count_events(events, row["command_at"], end)
         row["slowed"] = client_pause(events, row["figures"])
-    errors = sum(e["kind"] == "failure" for e in events)
+    errors, retried = count_events(events, 0, stop_at)
     summary, failed = verdict(rows, final, verify_ok, errors)
     return {"rows": rows, "final": final, "verify_ok": verify_ok, "errors": errors, "events": events,
-            "retried": sum(e["kind"] == "retried" for e in events), "summary": summary, "failed": failed,
-            "final_primary": primary}
+            "retried": retried, "cut_off": count_events(events, stop_at, float("inf"))[0], "stop_at": stop_at,
+            "summary": summary, "failed": failed, "final_primary": primary}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import socket
 import time
@@ -230,10 +231,13 @@ def front(cli: CliContext, multiplier: float, seconds: float, rounds: int, worke
               help="seconds of load before the first switchover (Locust ramps its users over 30 s)")
 @click.option("--enterprises", "enterprises_count", type=click.IntRange(1000, 10_000_000), default=20_000,
               show_default=True)
+@click.option("--retries", type=click.IntRange(0, 20), default=3, show_default=True,
+              help="a switchover refused before freezing (e.g. the freeze estimate over budget) is run again after "
+                   "GAP-S, this many times at most; refusals are shown in the table")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write the results as JSON here")
 @pass_cli
 def switchover(cli: CliContext, switchovers: int, multiplier: float, backend: str, gap_s: float, warmup_s: float,
-               enterprises_count: int, out: Path | None) -> None:
+               enterprises_count: int, retries: int, out: Path | None) -> None:
     """Planned switchovers back and forth under Locust through the front, with a client-side ledger.
 
     \b
@@ -265,15 +269,17 @@ def switchover(cli: CliContext, switchovers: int, multiplier: float, backend: st
     try:
         result = main_run(settings, workdir=settings.path(settings.data_dir) / "bench" / "switchover",
                           backend=backend, switchovers=switchovers, multiplier=multiplier, gap_s=gap_s,
-                          warmup_s=warmup_s, enterprises_count=enterprises_count, log=click.echo)
+                          warmup_s=warmup_s, enterprises_count=enterprises_count, retries=retries,
+                          log=click.echo)
     except RuntimeError as exc:
         fail(str(exc))
     click.echo(table(result["rows"]))
-    failures = sorted({e["error"] for e in result["events"] if e["kind"] == "failure"})[:5]
-    for error in failures:
-        click.echo(f"  client error: {error}")
-    click.echo(f"final primary {result['final_primary']}; 503s retried by clients {result['retried']}; "
-               f"run took {time.time() - started:.0f} s on {platform.node()} ({_cpus()} cores)")
+    for e in [e for e in result["events"] if e["kind"] == "failure" and e["at"] < result["stop_at"]][:10]:
+        click.echo(f"  client error at {datetime.fromtimestamp(e['at'], timezone.utc):%H:%M:%S.%f}: {e['name']} "
+                   f"after {e['ms']:.0f} ms: {e['error']}")
+    click.echo(f"final primary {result['final_primary']}; 503s retried by clients {result['retried']}; requests cut "
+               f"off by stopping the load {result['cut_off']}; run took {time.time() - started:.0f} s on "
+               f"{platform.node()} ({_cpus()} cores, load average {os.getloadavg()[0]:.1f} at the end)")
     if out:
         out.write_text(json.dumps({"run": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                            "backend": backend, "multiplier": multiplier, "gap_s": gap_s},

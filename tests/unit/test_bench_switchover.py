@@ -76,6 +76,7 @@ def test_the_freeze_comes_from_the_freeze_steps_frozen_at_and_the_resume_steps_f
     assert figures.frozen_at == 1000.04 and abs(figures.resumed_at - 1000.29) < 1e-9
     assert abs(figures.to_resume_s - 5.29) < 1e-9
     assert figures.steps == {"freeze": 0.05, "catch_up": 0.03, "resume": 0.01}
+    assert abs(figures.between_steps_s - 0.21) < 1e-9  # 0.25 - catch-up 0.03 - resume 0.01
     assert figures.error is None
 
 
@@ -135,11 +136,12 @@ def _row(n: int, freeze_s: float | None, status: str = "done") -> dict:
 
 
 def test_the_table_has_one_line_per_switchover_with_its_figures():
-    text = table([_row(1, 0.25), _row(2, None, status="rolled_back")])
+    text = table([_row(1, 0.25), _row(2, None, status="rolled_back") | {"refusals": ["estimate over budget"]}])
     lines = text.splitlines()
     assert len(lines) == 4
-    assert lines[2].startswith("| 1 | A→B | 250 | 5,000 | 20 | 30 | 20 | 20 | 1/2 | 150.0/80.0 | 0/1 | 2 (400.0) |")
-    assert lines[3].startswith("| 2 | B→A | — | — |")
+    assert lines[2].startswith("| 1 | A→B | 250 | 5,000 | 20 | 30 | 20 | 20 | 180 | 1/2 | 150.0/80.0 | 0/1 | "
+                               "2 (400) |")
+    assert lines[3].startswith("| 2 | B→A (refused 1x first) | — | — |")
 
 
 def test_the_verdict_passes_within_the_targets_and_names_every_miss():
