@@ -1,6 +1,9 @@
-"""Two sites, a witness, the front and replication between them, on the embedded default (SQLite files, the test
-session's Ray), with declarant traffic going through the front and a client-side ledger of every acknowledged
-number. Shared by the switchover tests (integration and fault)."""
+"""Two sites, a witness, the front and replication between them, with declarant traffic going through the front and a
+client-side ledger of every acknowledged number. Shared by the switchover tests (integration and fault).
+
+The databases are the embedded default (SQLite files in the test's folder) unless `build_rig` is given the sites'
+and the witness's URLs (PostgreSQL databases of the suite's throwaway cluster); the sites run on the test session's
+Ray either way."""
 from __future__ import annotations
 
 import asyncio
@@ -21,6 +24,7 @@ from cutover.witness import open_witness
 from loadtests.client import SiteClient
 from replication.progress import wait_until_applied
 from replication.sources import stream_name
+from replication.streams import retire_stream
 from replication.verify import verify
 from standby.domain.states import Kind, SiteRole
 from standby.settings import load_settings
@@ -157,26 +161,38 @@ class Rig:
         return {r["number"]: dict(r) for r in rows}
 
     def close(self) -> None:
-        stop_replicators(self.tmp)
+        stop_replicators(self.tmp, self.config)
         if self.front:
             self.front.stop()
         for site, server in self.served.values():
             server.stop()
             site.close()
+        self.served.clear()
+        if not self.settings.database_url("A").startswith("sqlite"):
+            for source, target in (("A", "B"), ("B", "A")):  # a PostgreSQL slot would keep its database alive
+                retire_stream(self.settings.database_url(source), self.settings.database_url(target),
+                              stream_name(source, target))
 
 
-def build_rig(tmp: Path, org, *, enterprises_count: int = 600) -> Rig:
+def build_rig(tmp: Path, org, *, enterprises_count: int = 600, site_urls: dict[str, str] | None = None,
+              witness_url: str | None = None, ray_address: str | None = None) -> Rig:
     """Site A primary (epoch 1 in the witness), site B its standby by a replicator process A → B, both served over
-    HTTP from this process with one shared token registry, and the front on its own port."""
+    HTTP from this process with one shared token registry, and the front on its own port.
+
+    `site_urls` ({"A": url, "B": url}) and `witness_url` name empty databases to use (e.g. PostgreSQL); by default
+    each is a SQLite file in `tmp`. `ray_address`: the Ray cluster the replicator processes join (e.g. the test
+    session's, which saves each a Ray start of its own); by default each starts a local Ray."""
+    site_urls = site_urls or {s: f"sqlite:///{tmp / f'site-{s.lower()}.db'}" for s in ("A", "B")}
     config = tmp / "switchover.yaml"
     config.write_text(yaml.safe_dump({
         "root": str(REPO), "data_dir": str(tmp),
-        "sites": {s: {"site_digit": d, "database_url": f"sqlite:///{tmp / f'site-{s.lower()}.db'}",
+        "sites": {s: {"site_digit": d, "database_url": site_urls[s],
                       "http": {"host": "127.0.0.1", "port": free_port()}} for s, d in (("A", 1), ("B", 2))},
-        "witness_url": f"sqlite:///{tmp / 'witness.db'}",
+        "witness_url": witness_url or f"sqlite:///{tmp / 'witness.db'}",
         "front": {"host": "127.0.0.1", "port": free_port(), "hold_max_s": 30},
-        "ray": {"workers": 1}, "auth": {"tokens_file": str(tmp / "tokens.yaml")},
+        "ray": {"workers": 1, **({"address": ray_address} if ray_address else {})}, "auth": {"tokens_file": str(tmp / "tokens.yaml")},
         "intake": {"call_timeout_s": 20, "call_attempts": 4},
+        "replication": {"metrics_port": 0},  # replicators a runbook starts serve no /metrics (9464 may be taken)
     }))
     settings = load_settings(config)
     for site_id, role in (("A", SiteRole.PRIMARY), ("B", SiteRole.STANDBY)):
@@ -221,12 +237,54 @@ def running_replicators(tmp: Path) -> dict[str, int]:
     return running
 
 
-def stop_replicators(tmp: Path) -> None:
-    for pid in running_replicators(tmp).values():
+def replicator_processes(config: Path) -> list[tuple[str, int]]:
+    """(stream, pid) of every live `standbyctl --config CONFIG replicate` process, found by its command line whether
+    or not a pid file names it (a runbook killed between spawning one and writing its pid file leaves one)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0")]
+        except (OSError, UnicodeDecodeError):
+            continue
+        if "replicate" in argv and "--config" in argv and argv[argv.index("--config") + 1] == str(config):
+            found.append((stream_name(argv[argv.index("--from") + 1], argv[argv.index("--to") + 1]), int(proc.name)))
+    return sorted(found)
+
+
+def stop_replicators(tmp: Path, config: Path | None = None) -> None:
+    def running() -> set[int]:
+        return set(running_replicators(tmp).values()) | {pid for _, pid in (replicator_processes(config)
+                                                                             if config else [])}
+    for pid in running():
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
             continue
     deadline = time.monotonic() + 30
-    while running_replicators(tmp) and time.monotonic() < deadline:
+    while running() and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+def ledger_problems(ledger: Ledger, stored: dict[str, dict]) -> list[str]:
+    """What the final primary holds against what clients were told, as one sentence per problem (none: nothing lost
+    or doubled). The rig's sites hold no declarations but the traffic's, so: every acknowledged number is stored
+    once with what its client sent (lost otherwise), no declaration is stored that no client was told of (a request
+    carried out twice leaves one), and every request that was answered got a number of its own."""
+    problems = []
+    for number, told in ledger.acknowledged.items():
+        row = stored.get(number)
+        if row is None:
+            problems.append(f"{number} was acknowledged to {told['key']} but is not on the final primary")
+        elif (row["enterprise_tax_code"], row["office_code"], row["kind"]) != (
+                told["enterprise_tax_code"], told["office_code"], told["kind"]):
+            problems.append(f"{number} is stored as {row}, not as {told}")
+    extra = sorted(set(stored) - set(ledger.acknowledged))
+    if extra:
+        problems.append(f"{len(extra)} declarations stored that no client was told of (doubled?): {extra[:5]}")
+    answered = ledger.sent - len(ledger.errors)
+    if len(ledger.acknowledged) != answered:
+        problems.append(f"{answered} requests were acknowledged but only {len(ledger.acknowledged)} distinct numbers "
+                        f"were given")
+    return problems
