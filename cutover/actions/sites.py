@@ -116,8 +116,9 @@ class Sites:
         folder = self.settings.path(self.settings.data_dir)
         folder.mkdir(parents=True, exist_ok=True)
         pid_file = folder / f"replicate-{stream}.pid"
-        running = running_replicator(pid_file)
+        running = running_replicator(pid_file) or find_replicator(self.config_path, primary, standby)
         if running:
+            pid_file.write_text(str(running))
             return running
         port = self._free_metrics_port(standby, primary)
         with open(folder / f"replicate-{stream}.log", "ab") as out:
@@ -161,6 +162,24 @@ class Sites:
         for engine in self._engines.values():
             engine.dispose()
         self._http.close()
+
+
+def find_replicator(config_path: Path, primary: str, standby: str) -> int | None:
+    """A live `standbyctl --config CONFIG replicate --from PRIMARY --to STANDBY`, found by its command line (Linux
+    /proc): one that a run started and was killed before it wrote the pid file, which a resumed run must not start
+    twice."""
+    want = [b"--config", str(config_path).encode(), b"replicate", b"--from", primary.encode(), b"--to",
+            standby.encode()]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(argv[i:i + len(want)] == want for i in range(len(argv) - len(want) + 1)):
+            return int(proc.name)
+    return None
 
 
 def running_replicator(pid_file: Path) -> int | None:
