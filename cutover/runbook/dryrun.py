@@ -33,6 +33,7 @@ class DryRun:
     runbook: str
     params: dict
     preconditions: list[tuple[str, str | None]] = field(default_factory=list)  # (action, failure or None)
+    findings: list[list[str]] = field(default_factory=list)  # per precondition: what it reported and returned
     steps: list[PlannedStep] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # arguments that cannot work, one sentence each
 
@@ -46,12 +47,17 @@ def dry_run(loaded: LoadedRunbook, registry: ActionRegistry, params: dict, *, op
     rb = loaded.runbook
     out = DryRun(rb.name, dict(params))
     for pre in rb.preconditions:
-        ctx = ActionContext(run_id="dry-run", operator=operator, params=params, services=services)
+        said: list[str] = []
+        ctx = ActionContext(run_id="dry-run", operator=operator, params=params, services=services,
+                            progress=said.append)
         try:
-            call_action(registry, pre.action, resolve(pre.args, params, {}), ctx, PRECONDITION_TIMEOUT_S)
+            result = call_action(registry, pre.action, resolve(pre.args, params, {}), ctx, PRECONDITION_TIMEOUT_S)
             out.preconditions.append((pre.action, None))
+            if result:  # what the check measured (lag, estimated freeze, rows verified) is worth showing
+                said.append(", ".join(f"{k}={v}" for k, v in result.items()))
         except Exception as exc:  # noqa: BLE001 - a failed check is reported, not raised
             out.preconditions.append((pre.action, str(exc) or type(exc).__name__))
+        out.findings.append(said)
     results = placeholder_results([s.id for s in rb.steps])
     for i, step in enumerate(rb.steps):
         does = _describe(registry, step, params, results, out.problems, step.id)

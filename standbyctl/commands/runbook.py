@@ -176,9 +176,11 @@ def plan(cli: CliContext, name: str, directory: Path | None, params: tuple[str, 
         result = dry_run(loaded, registry, bound, operator=who, services=services)
     console.print(f"[bold]{loaded.runbook.name}[/]: {escape(loaded.runbook.description)}")
     console.print("parameters: " + (", ".join(f"{k}={v!r}" for k, v in bound.items()) or "none"))
-    for action, failure in result.preconditions:
+    for (action, failure), findings in zip(result.preconditions, result.findings):
         mark = "[green]ok[/]" if failure is None else f"[red]FAILS[/]: {escape(failure)}"
         console.print(f"  precondition {action}: {mark}")
+        for finding in findings:
+            console.print(f"      {escape(finding)}")
     for s in result.steps:
         flags = [f for f, on in (("confirm", s.confirm), ("POINT OF NO RETURN", s.point_of_no_return)) if on]
         console.print(f"{s.index + 1:>3}. [bold]{s.id}[/]" + (f" [yellow]({', '.join(flags)})[/]" if flags else "")
