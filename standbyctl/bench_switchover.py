@@ -146,7 +146,8 @@ def figures_from_journal(entries, status: str, command_at: float) -> SwitchFigur
     freeze_s = resume.get("freeze_s")
     frozen_at = freeze.get("frozen_at")
     resumed_at = frozen_at + freeze_s if freeze_s is not None and frozen_at else None
-    error = next((str(e.detail.get("error")) for e in entries if e.phase in ("failed", "rollback_failed")), None)
+    error = next((str(e.detail.get("error") or e.detail.get("reason")) for e in entries
+                  if e.phase in ("failed", "rollback_failed", "preconditions_failed")), None)
     return SwitchFigures(status, freeze_s, resumed_at - command_at if resumed_at else None, freeze.get("drain_s"),
                          steps, error, frozen_at, resumed_at)
 
@@ -159,6 +160,12 @@ def client_pause(events: list[dict], figures: SwitchFigures) -> tuple[int, float
     during = [e["ms"] for e in events if e["kind"] == "slow" and e["at"] >= figures.frozen_at
               and e["at"] - e["ms"] / 1000 <= figures.resumed_at]
     return len(during), max(during) if during else None
+
+
+def failures_in_freezes(events: list[dict], figures: list[SwitchFigures], after_s: float = 2.0) -> int:
+    """Client failures answered while intake was frozen or within `after_s` after it opened again."""
+    windows = [(f.frozen_at, f.resumed_at + after_s) for f in figures if f.frozen_at and f.resumed_at]
+    return sum(1 for e in events if e["kind"] == "failure" and any(a <= e["at"] <= b for a, b in windows))
 
 
 def metric_totals(text: str) -> dict[str, float]:
@@ -223,9 +230,11 @@ def verdict(rows: list[dict], final: LedgerCheck, verify_ok: bool, errors: int,
     worst = max(freezes) if freezes else None
     median = percentile(freezes, 50) if freezes else None
     slowest = max((r["slowed"][1] for r in rows if r.get("slowed") and r["slowed"][1] is not None), default=None)
+    in_freezes = sum(r.get("errors_in_freeze", 0) for r in rows)
     summary = (f"freeze max {_ms(worst)} ms, median {_ms(median)} ms over {len(freezes)} of {len(rows)} switchovers "
                f"(target ≤ {target_s * 1000:.0f} ms max); slowest client request during a freeze "
-               f"{'—' if slowest is None else f'{slowest:,.0f}'} ms; client errors {errors} (target 0); final ledger "
+               f"{'—' if slowest is None else f'{slowest:,.0f}'} ms; client errors {errors} (target 0; "
+               f"{in_freezes} of them during a freeze or 2 s after it); final ledger "
                f"{final.describe()} (target 0 lost or doubled); verify {'clean' if verify_ok else 'NOT clean'}")
     reasons = []
     if len(freezes) < len(rows) or any(r["figures"].status != "done" for r in rows):
@@ -426,10 +435,14 @@ def start_locust(dep: Deployment, settings, multiplier: float) -> subprocess.Pop
     """Locust headless at `multiplier` x design (steady shape) against the front, with the client-side ledger;
     it runs until stopped (SIGTERM)."""
     root = settings.root
+    profile = yaml.safe_load((root / "config/loadtest.yaml").read_text())
+    profile["steady"]["duration_s"] = 6 * 3600  # the steady shape ends after its duration: outlast every switchover
+    profile["tariff"] = str(settings.path(Path(profile["tariff"])))
+    (dep.workdir / "loadtest.yaml").write_text(yaml.safe_dump(profile))
     return dep.spawn("locust", [
         sys.executable, "-m", "locust", "-f", str(root / "loadtests/locustfile.py"), "--headless",
         "--host", front_url(settings), "--tokens-file", str(dep.workdir / "tokens.json"), "--shape", "steady",
-        "--multiplier", str(multiplier), "--loadtest-config", str(root / "config/loadtest.yaml"),
+        "--multiplier", str(multiplier), "--loadtest-config", str(dep.workdir / "loadtest.yaml"),
         "--capacity-config", str(settings.path(settings.reference.capacity)), "-t", "6h",
         "--csv", str(dep.workdir / "locust"), "--only-summary", "--ledger-dir", str(dep.workdir / "ledger")])
 
@@ -552,6 +565,7 @@ def main_run(base, *, workdir: Path, backend: str, switchovers: int, multiplier:
     for row, end in zip(rows, ends):
         row["errors"], row["retried"] = count_events(events, row["command_at"], end)
         row["slowed"] = client_pause(events, row["figures"])
+        row["errors_in_freeze"] = failures_in_freezes(events, [row["figures"]])
     errors, retried = count_events(events, 0, stop_at)
     summary, failed = verdict(rows, final, verify_ok, errors)
     return {"rows": rows, "final": final, "verify_ok": verify_ok, "errors": errors, "events": events,

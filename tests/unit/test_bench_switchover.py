@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass, field
 
 from standbyctl.bench_switchover import (LedgerCheck, SwitchFigures, check_ledger, client_pause,
-                                         figures_from_journal, hold_delta, metric_totals, read_ledger, table,
-                                         verdict)
+                                         failures_in_freezes, figures_from_journal, hold_delta, metric_totals,
+                                         read_ledger, table, verdict)
 
 
 def ack(number: str, tax: str = "0100000001", office: str = "01CA", kind: str = "import", at: float = 100.0,
@@ -88,6 +88,12 @@ def test_a_run_that_never_resumed_has_no_freeze_and_names_its_error():
     assert figures.error == "site B did not catch up"
 
 
+def test_a_run_refused_by_its_preconditions_names_the_reason():
+    entries = [Entry("@run", "preconditions_failed", 1000.0, {"reason": "estimated freeze 1.51 s is OVER the budget"})]
+    figures = figures_from_journal(entries, "refused", command_at=995.0)
+    assert figures.frozen_at is None and figures.error == "estimated freeze 1.51 s is OVER the budget"
+
+
 def test_client_pause_counts_slow_requests_in_flight_during_the_freeze():
     figures = figures_from_journal(journal(), "done", command_at=995.0)  # frozen 1000.04 .. 1000.29
     events = [{"kind": "slow", "ms": 400.0, "at": 1000.35},   # sent 999.95, answered after resume: in flight
@@ -96,6 +102,7 @@ def test_client_pause_counts_slow_requests_in_flight_during_the_freeze():
               {"kind": "slow", "ms": 250.0, "at": 1001.0},    # sent after resume
               {"kind": "failure", "ms": 900.0, "at": 1000.2}]
     assert client_pause(events, figures) == (2, 400.0)
+    assert failures_in_freezes(events, [figures]) == 1  # the failure at 1000.2, inside the freeze
 
 
 METRICS_BEFORE = """# TYPE front_held_total counter
