@@ -71,7 +71,7 @@ class Traffic:
         return self.ledger
 
     async def _main(self) -> None:
-        client = SiteClient(self.front_url, max_connections=self.clients * 2, timeout_s=60)
+        client = SiteClient(self.front_url, max_connections=self.clients * 2, timeout_s=180)  # > any hold
         try:
             await asyncio.gather(*(self._client(client, i) for i in range(self.clients)))
         finally:
@@ -175,13 +175,14 @@ class Rig:
 
 
 def build_rig(tmp: Path, org, *, enterprises_count: int = 600, site_urls: dict[str, str] | None = None,
-              witness_url: str | None = None, ray_address: str | None = None) -> Rig:
+              witness_url: str | None = None, ray_address: str | None = None, front_hold_s: float = 30) -> Rig:
     """Site A primary (epoch 1 in the witness), site B its standby by a replicator process A → B, both served over
     HTTP from this process with one shared token registry, and the front on its own port.
 
     `site_urls` ({"A": url, "B": url}) and `witness_url` name empty databases to use (e.g. PostgreSQL); by default
     each is a SQLite file in `tmp`. `ray_address`: the Ray cluster the replicator processes join (e.g. the test
-    session's, which saves each a Ray start of its own); by default each starts a local Ray."""
+    session's, which saves each a Ray start of its own); by default each starts a local Ray. `front_hold_s`: how long
+    the front holds a write that no primary can take."""
     site_urls = site_urls or {s: f"sqlite:///{tmp / f'site-{s.lower()}.db'}" for s in ("A", "B")}
     config = tmp / "switchover.yaml"
     config.write_text(yaml.safe_dump({
@@ -189,7 +190,7 @@ def build_rig(tmp: Path, org, *, enterprises_count: int = 600, site_urls: dict[s
         "sites": {s: {"site_digit": d, "database_url": site_urls[s],
                       "http": {"host": "127.0.0.1", "port": free_port()}} for s, d in (("A", 1), ("B", 2))},
         "witness_url": witness_url or f"sqlite:///{tmp / 'witness.db'}",
-        "front": {"host": "127.0.0.1", "port": free_port(), "hold_max_s": 30},
+        "front": {"host": "127.0.0.1", "port": free_port(), "hold_max_s": front_hold_s},
         "ray": {"workers": 1, **({"address": ray_address} if ray_address else {})}, "auth": {"tokens_file": str(tmp / "tokens.yaml")},
         "intake": {"call_timeout_s": 20, "call_attempts": 4},
         "replication": {"metrics_port": 0},  # replicators a runbook starts serve no /metrics (9464 may be taken)
