@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cutover.runbook.actions import ActionContext, ActionRegistry
-from cutover.runbook.executor import PRECONDITION_TIMEOUT_S
 from cutover.runbook.loader import LoadedRunbook
 from cutover.runbook.operations import call_action
 from cutover.runbook.refs import RefError, placeholder_results, resolve
@@ -51,7 +50,7 @@ def dry_run(loaded: LoadedRunbook, registry: ActionRegistry, params: dict, *, op
         ctx = ActionContext(run_id="dry-run", operator=operator, params=params, services=services,
                             progress=said.append)
         try:
-            result = call_action(registry, pre.action, resolve(pre.args, params, {}), ctx, PRECONDITION_TIMEOUT_S)
+            result = call_action(registry, pre.action, resolve(pre.args, params, {}), ctx, pre.timeout_s)
             out.preconditions.append((pre.action, None))
             if result:  # what the check measured (lag, estimated freeze, rows verified) is worth showing
                 said.append(", ".join(f"{k}={v}" for k, v in result.items()))

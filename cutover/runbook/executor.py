@@ -36,7 +36,6 @@ from cutover.runbook.spec import Operation, Step
 from cutover.witness.contract import AuditRecord, JournalEntry, RunRecord, Witness
 from standby.processes import pid_alive
 
-PRECONDITION_TIMEOUT_S = 30.0
 
 
 class RunObserver:
@@ -149,9 +148,8 @@ class Executor:
         for pre in self.runbook.preconditions:
             try:
                 args = resolve(pre.args, params, {})
-                call_action(self.registry, pre.action, args, self._context(run_id, params, None,
-                                                                           PRECONDITION_TIMEOUT_S),
-                            PRECONDITION_TIMEOUT_S)
+                call_action(self.registry, pre.action, args, self._context(run_id, params, None, pre.timeout_s),
+                            pre.timeout_s)
             except Exception as exc:  # noqa: BLE001 - any failure of a check is a failed precondition
                 failures.append(f"{pre.action}: {exc}")
         return failures

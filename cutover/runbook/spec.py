@@ -43,10 +43,12 @@ class ParamSpec(_Strict):
 
 
 class ActionCall(_Strict):
-    """A registered action and its arguments (used by preconditions and verifications)."""
+    """A registered action and its arguments (used by preconditions and verifications). `timeout_s` bounds a
+    precondition (a verify of a large database takes minutes); a verification runs within its step's timeout."""
 
     action: str
     args: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float = Field(30.0, gt=0, le=86_400)
 
 
 class HttpCall(_Strict):
