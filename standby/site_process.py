@@ -14,6 +14,7 @@ from standby.api.app import SiteServices, create_app
 from standby.api.auth import ReloadingTokenRegistry
 from standby.api.batcher import MicroBatcher
 from standby.api.metrics import SiteMetrics
+from standby.api.serving import KEEP_ALIVE_S
 from standby.clearance.commands import Command, Outcome, partition_for
 from standby.clearance.pipeline import ClearancePipeline
 from standby.domain.risk import load_risk_rules
@@ -101,7 +102,7 @@ class BackgroundServer:
 
     def __init__(self, app: FastAPI, host: str, port: int):
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
+                                                    access_log=False, lifespan="on", timeout_keep_alive=KEEP_ALIVE_S))
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{port}", daemon=True)
         self.url = f"http://{host}:{port}"
 
@@ -121,7 +122,8 @@ class BackgroundServer:
 
 def run_forever(app: FastAPI, host: str, port: int) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (uvicorn handles both and drains in-flight requests)."""
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, lifespan="on")
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, lifespan="on",
+                timeout_keep_alive=KEEP_ALIVE_S)
 
 
 

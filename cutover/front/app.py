@@ -49,6 +49,7 @@ from cutover.witness.contract import WitnessState
 from standby.api.errors import BodyLimit
 from standby.api.hold import HoldQueue, HoldResult
 from standby.settings import FrontSettings, Settings
+from standby.api.serving import KEEP_ALIVE_S
 
 log = logging.getLogger(__name__)
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -64,9 +65,10 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # so a site that says it is ready but refuses writes is not asked in a tight loop.
 PROBE_FIRST_S, PROBE_MAX_S = 0.01, 0.1
 READY_TIMEOUT_S = 1.0
-# Below uvicorn's own keep-alive timeout (5 s): the front lets an idle connection go before the site does, so it
-# never sends a request down a connection the site is closing (that would be a needless "connection lost").
-KEEPALIVE_S = 4.0
+# Below the sites' keep-alive timeout (standby.api.serving.KEEP_ALIVE_S): the front lets an idle connection go
+# before the site does, so it never sends a request down a connection the site is closing (a needless "connection
+# lost"; forwarding again is safe, but costs a hop).
+KEEPALIVE_S = KEEP_ALIVE_S - 15
 CONNECT_TIMEOUT_S = 2.0  # a site that does not accept a connection in this long is treated as down
 
 

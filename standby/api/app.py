@@ -410,6 +410,9 @@ def _routes(app: FastAPI, s: SiteServices) -> None:
     async def readyz():
         control = await s.control_or_503()
         decision = s.decide(control)
+        if not decision.admitted:  # during a cutover the front probes here to release held writes: answer from now
+            control = await s.fresh_control()
+            decision = s.decide(control)
         body = {**_control_body(s, control), "ready": decision.admitted}
         if not decision.admitted:
             body["code"] = decision.code
