@@ -96,8 +96,10 @@ def test_kill_9_of_workers_under_load_loses_and_doubles_nothing(tmp_path, org, t
     engine.dispose()
     assert stored == set(numbers), "the database holds exactly the acknowledged declarations"
     assert keys == DECLARATIONS
-    restarts = sum(s.value for m in metrics.worker_restarts.collect() for s in m.samples if s.name.endswith("_total"))
-    assert restarts >= 1
-    # The kills were felt by clients: some request got a retryable 503, or was answered from the stored first answer
-    # after its batch committed on a worker that then died (a replay).
-    assert seen[503] + seen["replayed"] > 0, f"no client noticed the kills: {dict(seen)}"
+    # The kills were felt: each killed partition's batches went to a new incarnation of its worker, which the site
+    # noticed (one restart per kill). Clients need not notice: the pool sends a dead worker's batch again to its
+    # restarted incarnation, so a client may see only a slower 201 (or a replay, or a 503 if restarting took longer
+    # than the pool's attempts); what they saw is in the message.
+    restarts = {s.labels["partition"]: s.value for m in metrics.worker_restarts.collect() for s in m.samples
+                if s.name.endswith("_total")}
+    assert restarts == {"0": 1.0, "1": 1.0}, f"restarts by partition {restarts}; clients saw {dict(seen)}"
