@@ -244,15 +244,18 @@ class PgChangeSource:
         """The commit position (as `read` numbers it) of the newest committed transaction with replicated rows; the
         slot's confirmed position when none is pending (everything acknowledged, hence applied).
 
-        A synchronous commit of an empty transaction first flushes the WAL of every commit before the call (with
-        synchronous_commit=off they would not be decodable yet), then the slot is peeked up to the current WAL
+        A synchronous commit of a transaction that writes only a logical message first flushes the WAL of every
+        commit before the call (with synchronous_commit=off they would not be decodable yet), then the slot is peeked up to the current WAL
         position. Cheap once caught up: the peek decodes only what the slot has not confirmed. It changes nothing in
         this object, so it may be called beside the thread that reads (the slot may be busy for a moment:
         SourceUnavailable, which replication.progress.committed_position retries)."""
         with self._guard("find the last committed position"):
-            with self.engine.begin() as conn:  # an xid makes a commit record; on: the commit waits for the flush
+            with self.engine.begin() as conn:
+                # The commit must wait for the WAL flush, and PostgreSQL flushes at commit only for a transaction
+                # that wrote WAL of its own before its commit record (an xid alone commits asynchronously): a
+                # transactional logical message (which `read` ignores) is such a write.
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO on")
-                conn.execute(text("SELECT pg_current_xact_id()"))
+                conn.execute(text("SELECT pg_logical_emit_message(true, 'standby-flush', '')"))
             with self._auto.connect() as conn:
                 confirmed = lsn_to_int(self._slot(conn).confirmed)
                 upto = conn.execute(text("SELECT pg_current_wal_lsn()::text")).scalar_one()
