@@ -8,8 +8,9 @@ process. Every iteration is a real switchover, alternating A → B and B → A, 
   is journaled in the witness, before the step acts (a copy of the real CLI whose only change is that kill in
   Executor._append: a kill from outside could land there only by luck, the fast steps take milliseconds);
 - mid-step, from outside, on the real `python -m standbyctl.cli`: while `replicate_back` waits for the replicator it
-  has just spawned (that process outlives the kill, and the resumed run must not start a second one), and while
-  `postcheck` runs verify.
+  has just spawned (that process outlives the kill, and the resumed run must not start a second one). It is the one
+  step slow enough everywhere (a process joining Ray) for an outside kill to land inside it; postcheck's verify of
+  this small population takes well under the 0.2 s the kill waits on a quiet machine.
 After each kill `standbyctl runbook resume RUN_ID` exits 0 and: the witness names the target primary at epoch + 1,
 the run is done (its postcheck's verify found the sites equal), the target is an OPEN primary at that epoch, the
 source a FENCED standby of it, and exactly one replicator process runs, target → source. At the end: no client saw
@@ -216,7 +217,7 @@ def _assert_an_unrecorded_replicator_is_adopted(rig) -> None:
     assert running_replicators(rig.tmp) == {stream: pid}
 
 
-KILLS = [(step, "boundary") for step in STEPS] + [("replicate_back", "mid-step"), ("postcheck", "mid-step")]
+KILLS = [(step, "boundary") for step in STEPS] + [("replicate_back", "mid-step")]
 
 
 def test_kill_9_of_the_switchover_at_every_step_then_resume_reaches_the_same_end_state(rig, tariff):
