@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_f
 from cutover.runbook.actions import ActionFailed
 from cutover.witness.contract import Witness
 from replication.changes import ChangeSource
-from replication.progress import applied_position, wait_until_applied
+from replication.progress import applied_position, committed_position, wait_until_applied
 from replication.sources import open_source, stream_name
 from replication.verify import verify
 from standby.processes import command_line, pid_alive
@@ -34,7 +35,7 @@ class Sites:
     config_path: Path | None = None  # for the replicator process an action may start
     partitions: int = 2
     replicator_metrics_port: int = 0  # settings.replication.metrics_port (Prometheus scrapes 9464); 0: none
-    clock: callable = time.time
+    clock: Callable[[], float] = time.time
     _engines: dict[tuple[str, bool], Engine] = field(default_factory=dict)
     _http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=5.0))
 
@@ -85,8 +86,6 @@ class Sites:
         change log); PostgreSQL positions are WAL bytes, so (None, None) and the estimate uses the lag."""
         if not self.database_url(primary).startswith("sqlite"):
             return None, None
-        from replication.progress import committed_position
-
         source = self.change_source(primary, standby)
         try:
             pending = committed_position(source) - (applied_position(self.engine(standby, writer=False),
