@@ -4,7 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -75,6 +77,74 @@ class FrontSettings(_Strict):
                                      description="one forwarded request slower than this gets 504")
 
 
+class LeaseSettings(_Strict):
+    """The primary's lease in the witness and its self-fencing (Patroni's loop_wait/retry_timeout/ttl).
+
+    The primary renews every `renew_interval_s`; a renewal slower than `retry_timeout_s` counts as failed. After a
+    renewal that started at t, the witness holds the lease until t + ttl_s and the site accepts writes only until
+    t + ttl_s - fence_margin_s (its self-fencing deadline), so it stops writing before anyone may take the lease.
+    The rule checked at load, `renew_interval_s + 2 * retry_timeout_s <= ttl_s - fence_margin_s`, means a healthy
+    primary always renews (with one retry) before its own deadline; the margin must cover clock skew between the
+    site and the witness's readers and the time one batch takes to commit."""
+
+    ttl_s: float = Field(3.0, gt=0, le=600, description="the lease the witness grants; a standby may take over "
+                                                        "only after it expired")
+    renew_interval_s: float = Field(0.5, gt=0, description="how often the primary renews its lease")
+    retry_timeout_s: float = Field(0.75, gt=0, description="a renewal slower than this counts as failed")
+    fence_margin_s: float = Field(0.5, gt=0, description="the primary stops accepting writes this long before its "
+                                                         "lease expires")
+
+    @model_validator(mode="after")
+    def _fences_before_takeover(self) -> "LeaseSettings":
+        budget = self.ttl_s - self.fence_margin_s
+        needed = self.renew_interval_s + 2 * self.retry_timeout_s
+        if needed > budget:
+            raise ValueError(
+                f"renew_interval_s + 2 * retry_timeout_s ({self.renew_interval_s:g} + 2 * {self.retry_timeout_s:g} "
+                f"= {needed:g}) must not exceed ttl_s - fence_margin_s ({self.ttl_s:g} - {self.fence_margin_s:g} = "
+                f"{budget:g}): a healthy primary would fence itself between two renewals")
+        return self
+
+    @property
+    def self_fence_after_s(self) -> float:
+        """Seconds after a renewal started that the primary stops accepting writes."""
+        return self.ttl_s - self.fence_margin_s
+
+
+class SyncSettings(_Strict):
+    """Synchronous mode, per site pair: a primary acknowledges a write only once its standby has applied it."""
+
+    pairs: list[tuple[str, str]] = Field(default_factory=list, description="site pairs in synchronous mode, "
+                                                                           "either way round (e.g. [[A, B]])")
+    on_standby_lost: Literal["block", "degrade"] = Field(
+        "degrade", description="when the standby has not applied a write within standby_timeout_s: block (answer "
+                               "503 sync_standby_unavailable, the write stays committed and a retry with the same "
+                               "Idempotency-Key gets its answer once applied) or degrade to async (acknowledge, "
+                               "say so in the metric and the log, and return to sync once the standby catches up)")
+    standby_timeout_s: float = Field(2.0, gt=0, le=600, description="how long an acknowledgement waits for the "
+                                                                     "standby before on_standby_lost applies")
+    poll_ms: float = Field(2.0, gt=0, le=1000, description="how often the primary looks at the standby's applied "
+                                                          "position while writes wait")
+
+    def standby_of(self, site_id: str) -> str | None:
+        """The synchronous partner of `site_id`, or None when it is in no pair."""
+        for a, b in self.pairs:
+            if site_id in (a, b):
+                return b if site_id == a else a
+        return None
+
+
+class WatchSettings(_Strict):
+    """`standbyctl watch`: one per site; watches the primary and, in automatic mode, runs the failover runbook."""
+
+    interval_s: float = Field(0.5, gt=0, le=60, description="how often the primary's health is checked")
+    health_timeout_s: float = Field(0.5, gt=0, le=60, description="a health check slower than this failed")
+    failures_before_failover: int = Field(3, ge=1, le=100, description="consecutive failed checks, with the lease "
+                                                                       "expired, before an automatic failover")
+    flap_guard_s: float = Field(600.0, ge=0, description="no second automatic failover within this many seconds "
+                                                         "of the last one")
+
+
 class Settings(_Strict):
     """Everything a site process needs. Relative paths are resolved against `root`."""
 
@@ -89,6 +159,9 @@ class Settings(_Strict):
     auth: AuthSettings = AuthSettings()
     front: FrontSettings = FrontSettings()
     replication: ReplicationSettings = ReplicationSettings()
+    lease: LeaseSettings = LeaseSettings()
+    sync: SyncSettings = SyncSettings()
+    watch: WatchSettings = WatchSettings()
 
     @field_validator("sites")
     @classmethod
@@ -99,6 +172,20 @@ class Settings(_Strict):
         if len(set(digits)) != len(digits):
             raise ValueError("every site needs its own site_digit, or two sites could issue the same number")
         return sites
+
+    @model_validator(mode="after")
+    def _sync_pairs_name_sites(self) -> "Settings":
+        seen: set[str] = set()
+        for a, b in self.sync.pairs:
+            for site in (a, b):
+                if site not in self.sites:
+                    raise ValueError(f"sync.pairs names site {site!r}, which is not configured")
+                if site in seen:
+                    raise ValueError(f"sync.pairs names site {site!r} twice; a site has one synchronous partner")
+                seen.add(site)
+            if a == b:
+                raise ValueError(f"sync.pairs pairs site {a!r} with itself")
+        return self
 
     def path(self, p: Path) -> Path:
         return p if p.is_absolute() else (self.root / p).resolve()

@@ -50,6 +50,9 @@ site_control = Table(
     Column("hold_max", Integer),
     # The witness epoch that fenced this site (NULL if never fenced); `epoch` stays the one it was promoted under.
     Column("fenced_epoch", BigInteger),
+    # The self-fencing deadline (seconds since the epoch) of a primary that holds a lease in the witness: no write
+    # commits at or after it. NULL: the site keeps no lease (no witness configured).
+    Column("lease_until", Float),
     CheckConstraint("role IN ('primary', 'standby')", name="role"),
     CheckConstraint("intake_state IN ('open', 'frozen', 'fenced')", name="intake_state"),
 )
@@ -282,3 +285,28 @@ replication_state = Table(
     Column("heartbeat_at", Float),
     Column("applied_at", Float, nullable=False),
 )  # on the standby: how far each apply partition has got, written in the same transaction as the rows
+
+
+# --- failback (migration 0005) -------------------------------------------------------------------------------------
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    # Rows an old primary wrote after the position its standby had applied when it was promoted (a failover): moved
+    # here by the failback, never deleted, so reconcile can bring them back or list them for review. Not replicated.
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("run_id", String(64), nullable=False, doc="the failback run that moved the row aside"),
+    Column("epoch", BigInteger, nullable=False, doc="the epoch the old primary wrote under"),
+    Column("position", BigInteger, nullable=False, doc="the change's position in the old primary's stream"),
+    Column("table_name", String(64), nullable=False),
+    Column("pk", Text, nullable=False, doc="the row's key, JSON"),
+    Column("row", Text, doc="the row as the old primary last had it, JSON; NULL when it deleted the row"),
+    Column("declaration_number", String(12), doc="the declaration the row belongs to, for review"),
+    Column("quarantined_at", Float, nullable=False),
+    Column("status", String(16), nullable=False, default="held"),
+    Column("decided_at", Float),
+    Column("decision", Text, doc="why reconcile re-applied or listed it"),
+    CheckConstraint("status IN ('held', 'reapplied', 'conflict')", name="status"),
+    UniqueConstraint("run_id", "table_name", "pk"),
+    Index(None, "status", "declaration_number"),
+)

@@ -40,6 +40,7 @@ class SiteControl:
     hold_max: int | None = None
     fenced_epoch: int | None = None
     drained_s: float | None = None
+    lease_until: float | None = None  # the self-fencing deadline of a primary that keeps a lease (None: no lease)
 
 
 class EpochMismatch(StaleEpoch):
@@ -87,7 +88,7 @@ def _read(conn: Connection, site_id: str, *, share: bool = False) -> SiteControl
         return None
     return SiteControl(row["site_id"], SiteRole(row["role"]), row["epoch"], IntakeState(row["intake_state"]),
                        row["primary_site"], row["updated_at"], row["frozen_at"], row["hold_s"], row["hold_max"],
-                       row["fenced_epoch"])
+                       row["fenced_epoch"], lease_until=row["lease_until"])
 
 
 def _existing(conn: Connection, site_id: str) -> SiteControl:
