@@ -124,7 +124,9 @@ class SwitchFigures:
         return self.freeze_s - sum(self.steps.get(k, 0.0) for k in ON_THE_CLOCK)
 
 
-def _result(entries, step: str) -> dict | None:
+def step_result(entries, step: str) -> dict | None:
+    """The output a runbook action returned for `step` (journalled as detail["result"] of its acted/done entry), the
+    last one when the step ran more than once; None when the step has none."""
     for e in reversed(entries):
         if e.step == step and e.phase in ("acted", "done") and isinstance(e.detail.get("result"), dict):
             return e.detail["result"]
@@ -138,7 +140,7 @@ def figures_from_journal(entries, status: str, command_at: float) -> SwitchFigur
     for e in entries:
         if e.phase == "done" and "duration_s" in e.detail:
             steps[e.step] = float(e.detail["duration_s"])
-    freeze, resume = _result(entries, "freeze") or {}, _result(entries, "resume") or {}
+    freeze, resume = step_result(entries, "freeze") or {}, step_result(entries, "resume") or {}
     freeze_s = resume.get("freeze_s")
     frozen_at = freeze.get("frozen_at")
     resumed_at = frozen_at + freeze_s if freeze_s is not None and frozen_at else None
