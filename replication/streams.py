@@ -6,6 +6,9 @@ target (the old primary) for every partition. It runs before intake resumes on t
 new primary takes is after the start and is streamed; the replicator may start any time later and resumes from
 these positions (`Replicator.start` takes no snapshot when every partition has a position).
 
+`start_stream_at` records a start the caller fixed earlier on the source (the failback's stream new primary -> old
+primary starts where the failover noted the new primary's position before its first write).
+
 `retire_stream` ends a finished stream (its source is no longer primary and everything it committed is applied):
 the PostgreSQL slot is dropped (a slot nobody reads keeps WAL on its database forever) and the target forgets the
 stream's positions, so a later stream between the same two sites is prepared afresh.
@@ -62,13 +65,51 @@ def prepare_stream(source_url: str, target_url: str, stream: str, partitions: in
     try:
         existing = _positions(target, stream)
         on_pg = make_url(source_url).get_backend_name() == "postgresql"
-        start, continues = _pg_start(source_url, stream) if on_pg else _sqlite_start(source_url)
+        start, continues = _start(source_url, stream)
         action, position = decide_start(existing, partitions, start, replace=replace, continues=continues)
         if action == "write":
             _write_positions(target, stream, partitions, position, clock())
         if not on_pg:  # the log's rows up to the start are on the target already: the stream will never read them
             _prune(source_url, position)
         return position
+    finally:
+        target.dispose()
+
+
+def fix_start(source_url: str, stream: str) -> int:
+    """Fix where `stream` starts on its source, now, without touching any target, and return it: SQLite, the
+    change log's counter; PostgreSQL, the stream's slot (created now, or kept at its confirmed position). A failover
+    calls it on the new primary before it takes a write, so the stream back to the old primary misses none; the
+    failback starts that stream from here. Idempotent: nothing is written on SQLite, the slot is kept on PostgreSQL."""
+    return _start(source_url, stream)[0]
+
+
+def _start(source_url: str, stream: str) -> tuple[int, Callable[[int], bool]]:
+    on_pg = make_url(source_url).get_backend_name() == "postgresql"
+    return _pg_start(source_url, stream) if on_pg else _sqlite_start(source_url)
+
+
+def start_stream_at(target_url: str, stream: str, partitions: int, position: int, *,
+                    clock: Callable[[], float] = time.time) -> int:
+    """Record on the target that `stream` starts at `position`, a start fixed earlier on the source (a failover
+    notes the new primary's position before it takes a write) and return the position the stream resumes from.
+
+    The caller promises that the target's replicated rows equal the source's as of `position` (the failback moved
+    what only the target had aside first). Idempotent: when the target already holds the stream at or past
+    `position` in every partition (a re-run, or the replicator has streamed on since) it is kept; positions below
+    `position` or of another partition count are an older stream's and are replaced. Nothing is read from the
+    source, so on PostgreSQL its slot must already exist (the failover created it)."""
+    if partitions < 1:
+        raise ValueError("partitions must be at least 1")
+    target = make_engine(target_url)
+    try:
+        existing = _positions(target, stream)
+        stale = bool(existing) and (sorted(existing) != list(range(partitions)) or min(existing.values()) < position)
+        action, at = decide_start(existing, partitions, position, replace=stale,
+                                  continues=lambda lowest: lowest >= position)
+        if action == "write":
+            _write_positions(target, stream, partitions, at, clock())
+        return at
     finally:
         target.dispose()
 
