@@ -161,6 +161,22 @@ def _kill(pid: int) -> None:
         pass
 
 
+def _settled_positions(ctx: ActionContext, applier: Applier, stream: str, timeout_s: float,
+                       quiet_s: float = 0.5) -> dict[int, int]:
+    """The stream's positions once they stop moving for `quiet_s`: the replicator's apply workers are Ray actors
+    that may commit the window they were given after their driver died (they die with it, within about a second)."""
+    seen = {"positions": applier.positions(stream)}
+
+    def moved() -> bool:
+        ctx.sleep(quiet_s)
+        now = applier.positions(stream)
+        changed, seen["positions"] = now != seen["positions"], now
+        return changed
+    Retrying(retry=retry_if_result(bool), stop=stop_after_delay(timeout_s), sleep=ctx.sleep,
+             retry_error_callback=lambda _state: True)(moved)
+    return seen["positions"]
+
+
 def stop_stream(ctx: ActionContext, args: StopArgs) -> dict:
     """Stop the replicator into the standby (killed, waited for until gone) so nothing more is applied, then record
     the standby's per-partition applied positions of the stream: the divergence point. Also recorded, for the RPO
@@ -183,7 +199,7 @@ def stop_stream(ctx: ActionContext, args: StopArgs) -> dict:
                            f"running after {args.timeout_s:g} s")
     stream = stream_name(args.primary, args.standby)
     engine = sites.engine(args.standby, writer=False)
-    positions = Applier(engine).positions(stream)
+    positions = _settled_positions(ctx, Applier(engine), stream, args.timeout_s)
     with engine.connect() as conn:
         heartbeat_at = conn.execute(select(func.max(replication_state.c.heartbeat_at))
                                     .where(replication_state.c.stream == stream)).scalar()

@@ -10,11 +10,14 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import yaml
 from sqlalchemy import select
 
@@ -22,6 +25,7 @@ from cutover.actions.sites import Sites, running_replicator
 from cutover.front.app import build_front
 from cutover.witness import open_witness
 from loadtests.client import SiteClient
+from standby.api.auth import token_digest
 from replication.progress import wait_until_applied
 from replication.sources import stream_name
 from replication.streams import retire_stream
@@ -105,6 +109,7 @@ class Rig:
     tokens: Tokens
     served: dict = field(default_factory=dict)  # site id -> (Site, BackgroundServer)
     front: BackgroundServer | None = None
+    processes: dict = field(default_factory=dict)  # site id -> Popen of `standbyctl serve` (serve_as_process)
 
     @property
     def front_url(self) -> str:
@@ -160,7 +165,27 @@ class Rig:
         engine.dispose()
         return {r["number"]: dict(r) for r in rows}
 
+    def publish_tokens(self, tax_codes: list[str]) -> None:
+        """Make a declarant token for each tax code and write every token made so far to the tokens file, which a
+        site served as its own process reads (within about a second of the change)."""
+        for tax_code in tax_codes:
+            self.tokens.declarant(tax_code)
+        entries = [{"sha256": token_digest(t), "role": r.value, "subject": s}
+                   for (r, s), t in self.tokens._made.items()]
+        path = self.settings.path(self.settings.auth.tokens_file)
+        path.with_suffix(".tmp").write_text(yaml.safe_dump({"tokens": entries}))
+        path.with_suffix(".tmp").replace(path)
+
+    def kill_site(self, site_id: str) -> None:
+        """kill -9 the process group of a site served as its own process (its Ray workers, owned by it, go too)."""
+        proc = self.processes.pop(site_id)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
     def close(self) -> None:
+        for site_id in list(self.processes):
+            self.kill_site(site_id)
         stop_replicators(self.tmp, self.config)
         if self.front:
             self.front.stop()
@@ -175,14 +200,18 @@ class Rig:
 
 
 def build_rig(tmp: Path, org, *, enterprises_count: int = 600, site_urls: dict[str, str] | None = None,
-              witness_url: str | None = None, ray_address: str | None = None, front_hold_s: float = 30) -> Rig:
+              witness_url: str | None = None, ray_address: str | None = None, front_hold_s: float = 30,
+              serve_as_process: tuple[str, ...] = (), lease: dict | None = None) -> Rig:
     """Site A primary (epoch 1 in the witness), site B its standby by a replicator process A → B, both served over
     HTTP from this process with one shared token registry, and the front on its own port.
 
     `site_urls` ({"A": url, "B": url}) and `witness_url` name empty databases to use (e.g. PostgreSQL); by default
     each is a SQLite file in `tmp`. `ray_address`: the Ray cluster the replicator processes join (e.g. the test
     session's, which saves each a Ray start of its own); by default each starts a local Ray. `front_hold_s`: how long
-    the front holds a write that no primary can take."""
+    the front holds a write that no primary can take.
+    `serve_as_process`: sites served by a `standbyctl serve` process of their own (so a test can kill -9 them), which
+    joins `ray_address` and reads the declarant tokens of `rig.tax_codes()` from the tokens file. `lease`: the
+    settings' lease section (short timings for tests)."""
     site_urls = site_urls or {s: f"sqlite:///{tmp / f'site-{s.lower()}.db'}" for s in ("A", "B")}
     config = tmp / "switchover.yaml"
     config.write_text(yaml.safe_dump({
@@ -194,6 +223,7 @@ def build_rig(tmp: Path, org, *, enterprises_count: int = 600, site_urls: dict[s
         "ray": {"workers": 1, **({"address": ray_address} if ray_address else {})}, "auth": {"tokens_file": str(tmp / "tokens.yaml")},
         "intake": {"call_timeout_s": 20, "call_attempts": 4},
         "replication": {"metrics_port": 0},  # replicators a runbook starts serve no /metrics (9464 may be taken)
+        **({"lease": lease} if lease else {}),
     }))
     settings = load_settings(config)
     for site_id, role in (("A", SiteRole.PRIMARY), ("B", SiteRole.STANDBY)):
@@ -215,6 +245,10 @@ def build_rig(tmp: Path, org, *, enterprises_count: int = 600, site_urls: dict[s
         sites.close()
         rig.wait_caught_up("A", "B")
         for site_id in ("A", "B"):
+            if site_id in serve_as_process:
+                rig.publish_tokens(rig.tax_codes())
+                rig.processes[site_id] = serve_process(rig, site_id)
+                continue
             site = build_site(settings, site_id)
             site.services.tokens = rig.tokens
             http = settings.site(site_id).http
@@ -226,6 +260,28 @@ def build_rig(tmp: Path, org, *, enterprises_count: int = 600, site_urls: dict[s
         rig.close()
         raise
     return rig
+
+
+def serve_process(rig: Rig, site_id: str, timeout_s: float = 120) -> subprocess.Popen:
+    """`standbyctl serve --site SITE` in a session of its own (logging to serve-SITE.log), once it answers /healthz."""
+    log = rig.tmp / f"serve-{site_id}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "standbyctl.cli", "--config", str(rig.config), "serve",
+                                 "--site", site_id], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    http = rig.settings.site(site_id).http
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"http://{http.host}:{http.port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise RuntimeError(f"site {site_id} did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
 
 
 def running_replicators(tmp: Path) -> dict[str, int]:
