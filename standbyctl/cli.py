@@ -37,6 +37,7 @@ for command in (db.db, db.seed, serve.serve, status.status, tokens.tokens, demo.
     main.add_command(command)
 main.add_command(__import__("standbyctl.commands.runbook", fromlist=["runbook"]).runbook)
 main.add_command(__import__("standbyctl.commands.front", fromlist=["front"]).front)
+main.add_command(__import__("standbyctl.commands.watch", fromlist=["watch"]).watch)
 main.add_command(__import__("standbyctl.commands.failover", fromlist=["failover"]).failover)
 
 
