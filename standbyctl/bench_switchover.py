@@ -18,6 +18,8 @@ are unit-tested; the run drives the deployment of standbyctl/bench_switchover_de
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -266,6 +268,17 @@ def start_locust(dep: Deployment, settings, multiplier: float) -> subprocess.Pop
         "--csv", str(dep.workdir / "locust"), "--only-summary", "--ledger-dir", str(dep.workdir / "ledger")])
 
 
+def stop_locust(locust: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Stop Locust as Ctrl-C does (SIGINT to its process group), so it quits cleanly: its summary and its latency
+    log are written as it quits. (A shape run in headless mode waits for its shape before Locust installs its SIGTERM
+    handler, so SIGTERM kills it outright.) SIGTERM, then SIGKILL, if it has not ended within `timeout_s`."""
+    try:
+        os.killpg(locust.pid, signal.SIGINT)
+        locust.wait(timeout=timeout_s)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        terminate(locust.pid, locust)
+
+
 def scrape(settings) -> dict[str, dict]:
     """Metric totals of the front and both sites (an unreachable one reads as empty)."""
     out = {}
@@ -297,15 +310,25 @@ def ledger_against(dep: Deployment, settings, site: str) -> LedgerCheck:
     return check_ledger(acks, stored_declarations(settings, site))
 
 
+def launch_runbook(dep: Deployment, witness, log_path: Path, name: str, params: dict[str, str],
+                   timeout_s: float = 1800):
+    """`standbyctl runbook run NAME --param K=V … --yes --operator bench` in its own process, its output appended
+    to `log_path`. Returns (exit code, the run's record in the witness or None when none was journalled, the Unix
+    time the command was started)."""
+    command_at = time.time()
+    args = [a for k, v in params.items() for a in ("--param", f"{k}={v}")]
+    with log_path.open("a") as out:
+        rc = subprocess.run(dep.cli_args("runbook", "run", name, *args, "--yes", "--operator", "bench",
+                                         "--metrics-port", "0"),
+                            stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+    run = next((r for r in witness.runs(5) if r.runbook == name and r.started_at >= command_at - 1), None)
+    return rc, run, command_at
+
+
 def run_runbook(dep: Deployment, witness, log_path: Path, source: str, target: str) -> SwitchFigures:
     """`standbyctl runbook run switchover` from `source` to `target` in its own process, then its journal's
     figures (timed from this call)."""
-    command_at = time.time()
-    with log_path.open("a") as out:
-        rc = subprocess.run(dep.cli_args("runbook", "run", "switchover", "--param", f"from={source}", "--param",
-                                         f"to={target}", "--yes", "--operator", "bench", "--metrics-port", "0"),
-                            stdout=out, stderr=subprocess.STDOUT, timeout=1800).returncode
-    run = next((r for r in witness.runs(5) if r.runbook == "switchover" and r.started_at >= command_at - 1), None)
+    rc, run, command_at = launch_runbook(dep, witness, log_path, "switchover", {"from": source, "to": target})
     if run is None:
         return SwitchFigures(f"exit {rc}, no run journaled", None, None, None, {}, log_path.read_text()[-300:])
     return figures_from_journal(witness.entries(run.run_id), run.status, command_at)
@@ -337,11 +360,28 @@ def count_events(events: list[dict], start: float, end: float) -> tuple[int, int
     return sum(e["kind"] == "failure" for e in inside), sum(e["kind"] == "retried" for e in inside)
 
 
+def stop_and_check(dep: Deployment, settings, witness, locust) -> tuple[float, str, bool, LedgerCheck, list[dict]]:
+    """Stop the load, verify the final primary against its standby (settled), check every acknowledgement on the
+    primary. Returns (the Unix time the load was stopped: requests cut off after it are no client errors of the run,
+    the primary, verify clean, the ledger check, every client event)."""
+    from cutover.actions.sites import Sites
+
+    stop_at = time.time()
+    stop_locust(locust)
+    primary = witness.state().primary_site
+    sites = Sites(settings, witness, config_path=dep.config)
+    try:
+        verify_ok = sites.verify(primary, "B" if primary == "A" else "A", settle_timeout_s=120).ok
+    finally:
+        sites.close()
+    final = ledger_against(dep, settings, primary)
+    return stop_at, primary, verify_ok, final, read_ledger(dep.workdir / "ledger")[1]
+
+
 def main_run(base, *, workdir: Path, backend: str, switchovers: int, multiplier: float, gap_s: float,
              warmup_s: float, enterprises_count: int, retries: int, log) -> dict:
     """Deploy, load, switch `switchovers` times A→B, B→A, …, `gap_s` apart, check, stop everything. Returns rows
     (per switchover), the final ledger check, verify's result, the client errors and the summary/verdict."""
-    from cutover.actions.sites import Sites
     from cutover.witness import open_witness
 
     dep, settings = deploy(base, workdir, backend, enterprises_count, log)
@@ -366,17 +406,7 @@ def main_run(base, *, workdir: Path, backend: str, switchovers: int, multiplier:
                 break
             time.sleep(gap_s)
         log("- stopping the load; settling the standby; final ledger check and verify …")
-        stop_at = time.time()  # requests cut off by stopping Locust are not client errors of a switchover
-        terminate(locust.pid, locust)
-        primary = witness.state().primary_site
-        standby = "B" if primary == "A" else "A"
-        sites = Sites(settings, witness, config_path=dep.config)
-        try:
-            verify_ok = sites.verify(primary, standby, settle_timeout_s=120).ok
-        finally:
-            sites.close()
-        final = ledger_against(dep, settings, primary)
-        _, events = read_ledger(workdir / "ledger")
+        stop_at, primary, verify_ok, final, events = stop_and_check(dep, settings, witness, locust)
     finally:
         witness.close()
         dep.stop()

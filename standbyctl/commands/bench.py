@@ -295,3 +295,82 @@ def _row_json(row: dict) -> dict:
     import dataclasses
 
     return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in row.items()}
+
+
+@bench.command("failover")
+@click.option("--backend", type=click.Choice(["sqlite", "postgresql", "both"]), default="sqlite", show_default=True,
+              help="sqlite: files in the work folder; postgresql: throwaway clusters for A, B and the witness")
+@click.option("--kills", type=click.IntRange(1, 100), default=10, show_default=True,
+              help="kills of the primary per backend (A, then B, …: each failback makes the dead site the standby)")
+@click.option("--multiplier", type=click.FloatRange(0.1, 100), default=3, show_default=True,
+              help="Locust load through the front as a multiple of the design peak (config/capacity.yaml)")
+@click.option("--warmup-s", type=click.FloatRange(0, 3600), default=40, show_default=True,
+              help="seconds of load before each measured window (Locust ramps its users over 30 s)")
+@click.option("--window-s", type=click.FloatRange(5, 3600), default=60, show_default=True,
+              help="seconds of decision latency measured in each mode (sync, async)")
+@click.option("--gap-s", type=click.FloatRange(0, 3600), default=10, show_default=True,
+              help="seconds between a failback and the next kill")
+@click.option("--sync/--no-sync", "sync_window", default=True, show_default=True,
+              help="measure decision latency with settings.sync pairing A and B before the kills")
+@click.option("--enterprises", "enterprises_count", type=click.IntRange(1000, 10_000_000), default=20_000,
+              show_default=True)
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="work folder (logs, ledger, databases); default var/bench/failover; one subfolder per backend")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON at the end (always written to "
+                                                      "WORKDIR/BACKEND/results.json)")
+@pass_cli
+def failover(cli: CliContext, backend: str, kills: int, multiplier: float, warmup_s: float, window_s: float,
+             gap_s: float, sync_window: bool, enterprises_count: int, workdir: Path | None, as_json: bool) -> None:
+    """Kill -9 of every process of the primary site under Locust through the front, KILLS times per backend.
+
+    \b
+    Deploys as `bench switchover` does (sites A and B with their lease keepers, the front, the replicator A → B,
+    one witness, one Ray). With --sync, both sites first run with settings.sync pairing A and B for a warm-up and a
+    measured window; then without it, and the window before the first kill is the asynchronous one.
+    Each round: SIGKILL to the primary's serve (process group), its Ray workers and the replicator out of it; once
+    the witness's lease expired, `standbyctl runbook run failover` (as an operator would start it); the dead site's
+    serve started again; `standbyctl runbook run failback` (rebuild as standby, reconcile). The next round kills the
+    new primary.
+
+    \b
+    Per kill: RTO (kill to the first 201 under a number of the new primary's site digit, in the client ledger),
+    client errors in the gap (kill → that write + 2 s) and after it, RPO (the failover report's lost count beside
+    the ledger's), what the failback quarantined and reconciled, acknowledged numbers still missing after it.
+    Decision latency p50/p99 (green lane) sync beside async. Targets: RTO ≤ 5 s; nothing acknowledged missing after
+    reconcile beyond listed conflicts. Exits 1 when one is missed, with the reason on the last line."""
+    from standbyctl.bench_failover import main_run
+    from standbyctl.bench_failover_figures import latency_table, round_table, verdict
+
+    settings = cli.settings
+    root = workdir or settings.path(settings.data_dir) / "bench" / "failover"
+    missed = []
+    for each in (["sqlite", "postgresql"] if backend == "both" else [backend]):
+        started = time.time()
+        click.echo(f"failover bench on {each}: {kills} kills at {multiplier:g}x design")
+        try:
+            result = main_run(settings, workdir=root / each, backend=each, kills=kills, multiplier=multiplier,
+                              warmup_s=warmup_s, window_s=window_s, gap_s=gap_s, sync_window=sync_window,
+                              enterprises_count=enterprises_count, log=click.echo)
+        except RuntimeError as exc:
+            fail(f"{each}: {exc}")
+        summary, failed = verdict(result["rows"], result["final"], result["verify_ok"])
+        click.echo(round_table(result["rows"]))
+        click.echo(latency_table(result["phases"]))
+        for row in result["rows"]:
+            for error in row["events"]["gap_errors"][:5]:
+                click.echo(f"  kill {row['n']} gap error: {error}")
+        run = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "backend": each, "kills": kills,
+               "multiplier": multiplier, "seconds": round(time.time() - started),
+               "machine": f"{platform.node()} {platform.machine()} {_cpus()} cores, Python "
+                          f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f} at the end"}
+        click.echo(f"{each}: final primary {result['final_primary']}; run took {run['seconds']} s on {run['machine']}")
+        document = {"run": run, "summary": summary, "failed": failed, "phases": result["phases"],
+                    "rows": [_row_json(r) for r in result["rows"]]}
+        (root / each / "results.json").write_text(json.dumps(document, indent=2, default=str))
+        if as_json:
+            click.echo(json.dumps(document, indent=2, default=str))
+        click.echo(f"{each}: {summary}")
+        if failed:
+            missed.append(f"{each}: {failed}")
+    if missed:
+        fail("; ".join(missed))
