@@ -1,18 +1,22 @@
 """The intake gate: one pure decision, from a site's control row, on whether a write is admitted, held or refused.
 
-Used by the API before a write is submitted, by the clearance pipeline inside the batch's transaction, and by
-`/readyz`, so the three never disagree. No I/O here: the callers read the row (and the witness's epoch).
+Used by the API before a write is submitted, by the clearance pipeline inside the batch's transaction (and again
+right before it commits), and by `/readyz`, so they never disagree. No I/O and no clock here: the callers read the
+row (and the witness's epoch) and pass the time (`now`, seconds since the Unix epoch, the clock the lease keeper
+stamps `lease_until` with).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Protocol
 
 from standby.domain.states import IntakeState, SiteRole
 
 HOLD_CODE = "intake_frozen"
-REFUSAL_CODES = frozenset({"site_uninitialised", "fenced", "not_primary", "stale_epoch"})
+LEASE_EXPIRED = "lease_expired"
+REFUSAL_CODES = frozenset({"site_uninitialised", "fenced", "not_primary", "stale_epoch", LEASE_EXPIRED})
 RETRY_AFTER_S = 1
 
 
@@ -29,6 +33,7 @@ class ControlRow(Protocol):
     epoch: int
     intake_state: IntakeState
     primary_site: str | None
+    lease_until: float | None  # the self-fencing deadline (standby.lease); None: the site keeps no lease
 
 
 @dataclass(frozen=True)
@@ -53,14 +58,18 @@ class GateDecision:
         return self.admission is Admission.HOLD
 
 
-def decide(site_id: str, control: ControlRow | None, *, authority_epoch: int | None = None,
+def decide(site_id: str, control: ControlRow | None, *, now: float | None = None, authority_epoch: int | None = None,
            authority_primary: str | None = None) -> GateDecision:
-    """Admit, hold or refuse a write at `site_id` given its control row.
+    """Admit, hold or refuse a write at `site_id` given its control row, at time `now`.
 
     In order: no row → REFUSE site_uninitialised; intake fenced (an old primary, now a standby) → REFUSE fenced;
     any other standby → REFUSE not_primary; `authority_epoch` (the witness's current epoch, when known) newer than the row's →
-    REFUSE stale_epoch; intake frozen → HOLD intake_frozen; otherwise ADMIT. Every refusal is a 503 with
-    Retry-After, because another site (or this one, later) may take the write. `primary_site` is the site that
+    REFUSE stale_epoch; the row's `lease_until` set and `now` at or past it → REFUSE lease_expired (the primary
+    could not renew its lease in the witness: it fences itself before anyone may take the lease over); intake
+    frozen → HOLD intake_frozen; otherwise ADMIT. `now` None skips the lease check (every caller on the write path
+    passes its clock); a row without `lease_until` keeps no lease discipline (no witness, or a primary whose keeper
+    has not renewed yet). Every refusal is a 503 with Retry-After, because another site (or this one, later) may
+    take the write. `primary_site` is the site that
     takes writes as far as this site knows: the row's, or `authority_primary` (the witness's) when the row names
     this site but it may not write."""
     if control is None:
@@ -76,10 +85,17 @@ def decide(site_id: str, control: ControlRow | None, *, authority_epoch: int | N
     if authority_epoch is not None and authority_epoch > control.epoch:
         return _refuse("stale_epoch", f"site {site_id} was promoted at epoch {control.epoch} but the witness is at "
                                       f"epoch {authority_epoch}; another site is primary", authority_primary)
+    if now is not None and control.lease_until is not None and now >= control.lease_until:
+        return _refuse(LEASE_EXPIRED, f"site {site_id} could not renew its lease in the witness by "
+                                      f"{_utc(control.lease_until)} and refuses writes until it does", None)
     if control.intake_state is IntakeState.FROZEN:
         return GateDecision(Admission.HOLD, HOLD_CODE, f"site {site_id} has intake frozen for a cutover; retry",
                             503, primary, RETRY_AFTER_S)
     return GateDecision(Admission.ADMIT, primary_site=primary)
+
+
+def _utc(at: float) -> str:
+    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
 def _refuse(code: str, message: str, primary: str | None) -> GateDecision:

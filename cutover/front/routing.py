@@ -23,12 +23,13 @@ from cutover.witness.contract import WitnessState
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # A site answers 503 with one of these when it cannot take the write now but a later attempt (on it or on a new
-# primary) can: the intake is frozen for a cutover, the site is not (or no longer) the primary, or the site's own
-# hold gave up. Any other answer, 503s included, is the client's to see.
-HOLD_CODES = frozenset({"intake_frozen", "not_primary", "fenced", "stale_epoch", "held_too_long", "hold_full",
-                        "intake_unavailable"})
+# primary) can: the intake is frozen for a cutover, the site is not (or no longer) the primary, it could not renew
+# its lease in the witness (lease_expired: it fenced itself, a failover may follow), or the site's own hold gave
+# up. Any other answer, 503s included, is the client's to see.
+HOLD_CODES = frozenset({"intake_frozen", "not_primary", "fenced", "stale_epoch", "lease_expired", "held_too_long",
+                        "hold_full", "intake_unavailable"})
 # Codes that say the witness may have moved on: ask it again at once rather than at the next poll.
-REPOLL_CODES = frozenset({"not_primary", "fenced", "stale_epoch"})
+REPOLL_CODES = frozenset({"not_primary", "fenced", "stale_epoch", "lease_expired"})
 FRONT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # the front answers these itself
 RETRY_AFTER_S = 1
 CONNECTION_LOST = "connection_lost"  # the reason a write is held when its connection to the primary broke

@@ -35,6 +35,14 @@ class StoreUnavailable(Exception):
     """The database stayed unreachable or locked through every retry; nothing of the batch was written."""
 
 
+class _LeaseRanOut(Exception):
+    """The site's lease deadline passed while a batch ran: raised before its commit so the batch rolls back."""
+
+    def __init__(self, gate: GateDecision):
+        super().__init__(gate.message)
+        self.gate = gate
+
+
 class ClearancePipeline:
     """Carries out commands in one transaction per batch.
 
@@ -42,8 +50,11 @@ class ClearancePipeline:
     idempotency records; a refused command writes nothing but its idempotency record; a command whose
     (principal, idempotency key) was seen before returns the stored first answer and writes nothing. If the intake
     gate does not admit (`standby.intake_gate.decide` on the control row read in the transaction), every command is
-    answered with the gate's code and nothing is written; a frozen site's answer satisfies `is_hold`. Transient store errors are retried; if they persist,
-    StoreUnavailable is raised and nothing was written."""
+    answered with the gate's code and nothing is written; a frozen site's answer satisfies `is_hold`. The gate is
+    asked at `clock()` when the transaction starts and again right before it commits: a batch never commits at or
+    after the site's lease deadline (`lease_until`); one that would is rolled back whole and every command answered
+    `lease_expired` (nothing written, not even idempotency records). Transient store errors are retried; if they
+    persist, StoreUnavailable is raised and nothing was written."""
 
     def __init__(self, engine: Engine, site_id: str, site_digit: int, tariff: Tariff, rules: RiskRules,
                  block_size: int = 1000, clock: Callable[[], float] = time.time, retry_attempts: int = 5):
@@ -59,6 +70,8 @@ class ClearancePipeline:
             return self._with_retries(commands)
         except StoreUnavailable:
             raise
+        except _LeaseRanOut as ran_out:
+            return [gate_outcome(ran_out.gate)] * len(commands)
         except DBAPIError as exc:
             if len(commands) == 1:
                 log.error("store refused command %s: %s", commands[0].op.value, exc.orig)
@@ -91,7 +104,7 @@ class ClearancePipeline:
         # First statement of the transaction: on PostgreSQL the row is taken FOR SHARE until commit, so a freeze
         # waits for this batch and no batch that read "open" commits after the freeze (see store.site.freeze).
         control = lock_control_for_batch(conn, self.site_id)
-        gate = decide(self.site_id, control)
+        gate = decide(self.site_id, control, now=now)
         if not gate.admitted:
             return [gate_outcome(gate)] * len(commands)
         self.numbers.reserve(conn, sum(1 for c in commands if c.op is Op.PRE_DECLARE))
@@ -110,6 +123,12 @@ class ClearancePipeline:
         for cmd in commands:
             outcomes.append(self._one(ctx, cmd, stored))
         writes.flush(conn)
+        # Last thing before the commit: the lease may have run out while the handlers ran. The row read above is
+        # still this transaction's (held FOR SHARE on PostgreSQL, under the write lock on SQLite), so only the
+        # clock has moved; fence_margin_s covers the commit itself.
+        last_look = decide(self.site_id, control, now=self.clock())
+        if not last_look.admitted:
+            raise _LeaseRanOut(last_look)
         return outcomes
 
     def _one(self, ctx: HandlerContext, cmd: Command, stored: dict) -> Outcome:

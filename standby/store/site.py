@@ -193,7 +193,8 @@ def fence(engine: Engine, site_id: str, *, epoch: int, primary_site: str, now: f
     """Fence this site (the old primary) because the witness moved to `epoch` with `primary_site` as primary: intake
     FENCED, role standby, `primary_site` the new primary, `fenced_epoch` = `epoch`; `epoch` (the one it was promoted
     under) is kept. Idempotent when already fenced by `epoch`; a fenced site fenced again by a newer epoch records
-    it. Raises EpochMismatch for an epoch not newer than the row's (or than the fencing already recorded)."""
+    it. Clears `lease_until` (a standby keeps no lease). Raises EpochMismatch for an epoch not newer than the row's
+    (or than the fencing already recorded)."""
     with engine.begin() as conn:
         current = _existing(conn, site_id)
         if current.intake_state is IntakeState.FENCED and current.fenced_epoch == epoch:
@@ -205,7 +206,8 @@ def fence(engine: Engine, site_id: str, *, epoch: int, primary_site: str, now: f
         if current.role is SiteRole.PRIMARY:
             next_role(current.role, SiteRole.STANDBY, current_epoch=current.epoch, epoch=epoch)
         _write(conn, site_id, now, intake_state=IntakeState.FENCED.value, role=SiteRole.STANDBY.value,
-               primary_site=primary_site, fenced_epoch=epoch, frozen_at=None, hold_s=None, hold_max=None)
+               primary_site=primary_site, fenced_epoch=epoch, frozen_at=None, hold_s=None, hold_max=None,
+               lease_until=None)
     return read_control(engine, site_id)
 
 
@@ -213,7 +215,9 @@ def promote(engine: Engine, site_id: str, *, epoch: int, now: float | None = Non
             hold_max: int | None = None) -> SiteControl:
     """Make this standby (or fenced site) the primary at `epoch`, with intake FROZEN until `resume` (the API holds
     writes meanwhile, within `hold_s`/`hold_max` if given, else its defaults). `epoch` must be newer than the row's
-    epoch and than any fencing recorded. Idempotent when already primary at `epoch`. Raises EpochMismatch,
+    epoch and than any fencing recorded. Clears `lease_until`: a new primary starts without a lease, and so
+    without lease discipline, until its lease keeper (standby.lease) first renews in the witness and writes one.
+    Idempotent when already primary at `epoch`. Raises EpochMismatch,
     IllegalTransition (a primary at another epoch is not promoted again), LookupError without a row."""
     with engine.begin() as conn:
         current = _existing(conn, site_id)
@@ -225,7 +229,23 @@ def promote(engine: Engine, site_id: str, *, epoch: int, now: float | None = Non
                     current_epoch=current.epoch, epoch=epoch)
         at = now if now is not None else time.time()
         _write(conn, site_id, at, role=SiteRole.PRIMARY.value, epoch=epoch, intake_state=IntakeState.FROZEN.value,
-               primary_site=site_id, fenced_epoch=None, frozen_at=at, hold_s=hold_s, hold_max=hold_max)
+               primary_site=site_id, fenced_epoch=None, frozen_at=at, hold_s=hold_s, hold_max=hold_max,
+               lease_until=None)
+    return read_control(engine, site_id)
+
+
+def set_lease(engine: Engine, site_id: str, *, epoch: int, until: float, now: float | None = None) -> SiteControl:
+    """Write the self-fencing deadline `until` (`lease_until`) of this site, the primary at `epoch`, after a lease
+    renewal in the witness. Written only when the row is PRIMARY at `epoch` and not fenced; otherwise nothing is
+    written and the row is returned as it is (the caller compares: a row that moved on, promoted again or fenced, is
+    no one's to extend). Raises LookupError without a row. The deadline is written as given, even when earlier
+    than the one stored: a shorter deadline is the safe side, and renewals are written in the order they started."""
+    with engine.begin() as conn:
+        current = _existing(conn, site_id)
+        if current.role is not SiteRole.PRIMARY or current.epoch != epoch or \
+                current.intake_state is IntakeState.FENCED:
+            return current
+        _write(conn, site_id, now, lease_until=until)
     return read_control(engine, site_id)
 
 

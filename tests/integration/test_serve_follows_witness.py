@@ -1,6 +1,7 @@
 """`standbyctl serve` as an operator starts it follows the witness: once the witness names another primary under a
-newer epoch, the old primary refuses every write (`stale_epoch`, naming the new primary), even though nobody has
-touched its own control row. This is what keeps a replaced primary from taking writes."""
+newer epoch, the old primary refuses every write (`stale_epoch`, naming the new primary), even though no runbook has
+touched its own control row (its lease keeper, renewing, soon fences the row itself: `fenced`, naming it too). This
+is what keeps a replaced primary from taking writes."""
 from __future__ import annotations
 
 import subprocess
@@ -14,9 +15,10 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from cutover.witness import open_witness
-from standby.domain.states import Kind
+from standby.domain.states import IntakeState, Kind
 from standby.store.engine import make_engine
 from standby.store.schema import declarations, enterprises
+from standby.store.site import read_control
 from standbyctl.cli import main
 from tests.conftest import REPO, free_port
 from tests.integration.http_helpers import payload, refusal
@@ -78,17 +80,33 @@ def test_a_primary_replaced_in_the_witness_refuses_writes_naming_the_new_primary
         tax_code = conn.execute(select(enterprises.c.tax_code).where(
             enterprises.c.status == "active", enterprises.c.tax_debt_days <= 90).limit(1)).scalar()
     assert _declare(url, token, tax_code, tariff, "before-1").status_code == 201
+    assert _wait_for(lambda: read_control(engine, "A").lease_until is not None), "the primary keeps no lease"
 
     witness = open_witness(f"sqlite:///{tmp / 'witness.db'}")
     assert witness.promote("B", expected_epoch=1).epoch == 2  # what a failover elsewhere would do first
     witness.close()
     deadline = time.monotonic() + 30
-    while httpx.get(f"{url}/readyz").json().get("code") != "stale_epoch":
+    # Two ways to hear of it: the authority poll (stale_epoch) and the lease keeper, whose next renewal is refused
+    # under the newer epoch and fences the site's row (fenced); either refuses every write, naming B.
+    while httpx.get(f"{url}/readyz").json().get("code") not in ("stale_epoch", "fenced"):
         assert time.monotonic() < deadline, "the site never heard of the new epoch"
         time.sleep(0.1)
 
-    error = refusal(_declare(url, token, tax_code, tariff, "after-1"), 503, "stale_epoch")
-    assert error["primary_site"] == "B"
+    answer = _declare(url, token, tax_code, tariff, "after-1")
+    error = refusal(answer, 503, answer.json()["error"]["code"])
+    assert error["code"] in ("stale_epoch", "fenced") and error["primary_site"] == "B"
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(declarations)).scalar() == 1, "nothing after the epoch"
+    assert _wait_for(lambda: read_control(engine, "A").intake_state is IntakeState.FENCED), "never fenced itself"
+    fenced = read_control(engine, "A")
+    assert (fenced.fenced_epoch, fenced.primary_site, fenced.lease_until) == (2, "B", None)
     engine.dispose()
+
+
+def _wait_for(condition, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

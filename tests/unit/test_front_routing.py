@@ -69,7 +69,7 @@ def test_a_write_answered_503_not_now_or_not_me_is_held(method, code):
     assert decision.action is Action.HOLD and decision.reason == code
 
 
-@pytest.mark.parametrize("code", ["not_primary", "fenced", "stale_epoch"])
+@pytest.mark.parametrize("code", ["not_primary", "fenced", "stale_epoch", "lease_expired"])
 def test_not_me_answers_make_the_front_ask_the_witness_again_at_once(code):
     assert routing.judge_answer("POST", 503, code).repoll
 

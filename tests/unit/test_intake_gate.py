@@ -13,6 +13,7 @@ class Row:
     epoch: int = 3
     intake_state: I = I.OPEN
     primary_site: str | None = "A"
+    lease_until: float | None = None
 
 
 def test_an_open_primary_admits():
@@ -95,5 +96,6 @@ def test_the_decision_is_a_frozen_value():
 def test_every_refusal_code_is_listed_as_one_and_the_hold_code_is_not():
     from standby.intake_gate import REFUSAL_CODES
     refusals = {decide("A", None).code, decide("A", Row(intake_state=I.FENCED)).code,
-                decide("B", Row(role=SiteRole.STANDBY)).code, decide("A", Row(), authority_epoch=9).code}
+                decide("B", Row(role=SiteRole.STANDBY)).code, decide("A", Row(), authority_epoch=9).code,
+                decide("A", Row(lease_until=5.0), now=5.0).code}
     assert refusals == REFUSAL_CODES and HOLD_CODE not in REFUSAL_CODES
