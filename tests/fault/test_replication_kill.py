@@ -25,12 +25,16 @@ pytestmark = pytest.mark.fault
 
 
 def _config(tmp: Path, primary_url: str, standby_url: str) -> Path:
+    """The replicator processes join the test session's Ray (a Ray start of their own costs seconds each); a killed
+    driver's apply actors die with it, as they would with a Ray of its own."""
+    import ray
+
     path = tmp / "replicate.yaml"
     path.write_text(yaml.safe_dump({
         "root": str(REPO), "data_dir": str(tmp),
         "sites": {"A": {"site_digit": 1, "database_url": primary_url, "http": {"port": 1}},
                   "B": {"site_digit": 2, "database_url": standby_url, "http": {"port": 2}}},
-        "ray": {"num_cpus": 2},
+        "ray": {"address": ray.get_runtime_context().gcs_address},
     }))
     return path
 

@@ -78,18 +78,18 @@ def _check_run(done: subprocess.CompletedProcess, out: Path, site) -> dict[str, 
 
 
 def test_a_steady_3x_run_judges_reports_and_revokes_its_tokens(site, tmp_path):
-    done, out = _loadtest(site, tmp_path, "--multiplier", "3", "--duration", "20s",
+    done, out = _loadtest(site, tmp_path, "--multiplier", "3", "--duration", "8s",
                           "--loadtest-config", str(_profile(tmp_path)))
     _check_run(done, out, site)
-    assert "Locust: steady at 3x design for 20s" in done.stdout
+    assert "Locust: steady at 3x design for 8s" in done.stdout
 
 
 def test_the_spike_over_two_locust_worker_processes(site, tmp_path):
-    """The first-day-after-cutover spike, scaled down (300 declarations in a 15 s burst between 5 s at 1x), with
+    """The first-day-after-cutover spike, scaled down (300 declarations in a 7.5 s burst between 2 s at 1x), with
     --workers 2: both worker processes generate load and write their latency logs."""
-    profile = _profile(tmp_path, spike={"declarations": 300, "window_hours": 12, "compression": 2880,
-                                        "before_s": 5, "after_s": 5, "ramp_s": 2})
-    done, out = _loadtest(site, tmp_path, "--shape", "spike", "--duration", "25s", "--workers", "2",
+    profile = _profile(tmp_path, spike={"declarations": 300, "window_hours": 12, "compression": 5760,
+                                        "before_s": 2, "after_s": 2, "ramp_s": 1})
+    done, out = _loadtest(site, tmp_path, "--shape", "spike", "--duration", "12s", "--workers", "2",
                           "--loadtest-config", str(profile))
     _check_run(done, out, site)
     log = (out / "locust.log").read_text()
@@ -98,9 +98,9 @@ def test_the_spike_over_two_locust_worker_processes(site, tmp_path):
 
 
 def test_a_step_ramp_reports_each_step_and_the_knee(site, tmp_path):
-    profile = _profile(tmp_path, step={"start_multiplier": 1, "step": 2, "step_s": 9, "max_multiplier": 5,
+    profile = _profile(tmp_path, step={"start_multiplier": 1, "step": 2, "step_s": 5, "max_multiplier": 5,
                                        "ramp_s": 2})
-    done, out = _loadtest(site, tmp_path, "--shape", "step", "--duration", "27s", "--loadtest-config", str(profile))
+    done, out = _loadtest(site, tmp_path, "--shape", "step", "--duration", "15s", "--loadtest-config", str(profile))
     tail = f"\nstdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
     steps = re.findall(r"^  step (\d+\.\d)x design .*: green p99 (\d+(?:\.\d+)?) ms — (held|broke)", done.stdout,
                        re.MULTILINE)

@@ -4,14 +4,18 @@ acknowledged is lost or doubled, no client sees an error, and verify finds the s
 from __future__ import annotations
 
 import os
+import random
 import signal
-import threading
 import time
+
+import httpx
 
 import pytest
 from click.testing import CliRunner
 
-from standby.domain.states import IntakeState, SiteRole
+from cutover.runbook.executor import Executor
+from standby.domain.states import IntakeState, Kind, SiteRole
+from standby.synthetic import make_declaration_payload
 from standbyctl.cli import main
 from tests.integration.switchover_rig import Traffic, build_rig, running_replicators
 
@@ -24,9 +28,10 @@ def switch(rig, source: str, target: str, *extra: str):
                                      "--operator", "test-operator", "--metrics-port", "0", *extra])
 
 
-@pytest.fixture
-def rig(tmp_path, org, ray_session):
-    rig = build_rig(tmp_path, org)
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory, org, ray_session):
+    """One rig for the module (building one costs seconds): every test leaves A the primary, as it found it."""
+    rig = build_rig(tmp_path_factory.mktemp("switchover"), org)
     yield rig
     rig.close()
 
@@ -40,16 +45,17 @@ def _assert_switched(rig, primary: str, old: str, epoch: int) -> None:
 
 
 def test_switchover_and_back_under_load_loses_doubles_and_refuses_nothing(rig, tariff):
+    epoch = rig.witness().state().epoch
     traffic = Traffic(rig.front_url, rig.tokens, rig.tax_codes(), tariff).start()
     try:
         time.sleep(1.0)
         there = switch(rig, "A", "B")
         assert there.exit_code == 0, there.output
-        _assert_switched(rig, "B", "A", epoch=2)
+        _assert_switched(rig, "B", "A", epoch=epoch + 1)
         time.sleep(1.0)  # B takes writes on its own for a while, replicated back to A
         back = switch(rig, "B", "A")
         assert back.exit_code == 0, back.output
-        _assert_switched(rig, "A", "B", epoch=3)
+        _assert_switched(rig, "A", "B", epoch=epoch + 2)
         time.sleep(0.5)
     finally:
         ledger = traffic.stop()
@@ -70,51 +76,55 @@ def test_switchover_and_back_under_load_loses_doubles_and_refuses_nothing(rig, t
 
 
 def test_a_freeze_over_budget_is_refused_before_anything_is_frozen(rig):
+    epoch = rig.witness().state().epoch
     result = switch(rig, "A", "B", "--param", "freeze_budget_s=0.001")
     assert result.exit_code != 0
     assert "budget" in result.output and "Traceback" not in result.output
     assert rig.control("A").intake_state is IntakeState.OPEN
-    assert rig.witness().state().epoch == 1
+    assert rig.witness().state().epoch == epoch
 
 
-def _pause_replication_when_frozen(rig, stopped: threading.Event) -> threading.Thread:
-    """SIGSTOP the replicator A → B as soon as the run journals its freeze intent (after the preconditions passed),
-    so the standby cannot catch up: the run must roll back."""
-    def watch() -> None:
-        witness = rig.witness()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not stopped.is_set():
-            runs = witness.runs(1)
-            if runs and any(e.step == "freeze" for e in witness.entries(runs[0].run_id)):
-                for pid in running_replicators(rig.tmp).values():
-                    os.killpg(pid, signal.SIGSTOP)
-                stopped.set()
-                return
-            time.sleep(0.005)
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
+def _pause_replication_then_write_at_freeze(monkeypatch, rig, tariff, written: list) -> None:
+    """Right after the run journals its freeze intent (the preconditions passed, nothing frozen yet), SIGSTOP the
+    replicator A → B and commit one declaration straight on A: A then has a commit B cannot apply, whatever the
+    timing of the traffic, so the catch-up must time out and the run roll back."""
+    original = Executor._append
+
+    def append(self, run_id, step, phase, detail):
+        seq = original(self, run_id, step, phase, detail)
+        if step == "freeze" and phase == "intent" and not written:
+            for pid in running_replicators(rig.tmp).values():
+                os.killpg(pid, signal.SIGSTOP)
+            tax_code = rig.tax_codes()[0]
+            body = make_declaration_payload(random.Random(1), Kind.IMPORT, tax_code, "01CA", tariff)
+            reply = httpx.post(f"{rig.site_url('A')}/v1/declarations", json=body, timeout=30, headers={
+                "Authorization": f"Bearer {rig.tokens.declarant(tax_code)}", "Idempotency-Key": "unreplicated-1"})
+            written.append(reply)
+        return seq
+
+    monkeypatch.setattr(Executor, "_append", append)
 
 
-def test_a_standby_that_does_not_catch_up_rolls_back_to_the_old_primary(rig, tariff):
+def test_a_standby_that_does_not_catch_up_rolls_back_to_the_old_primary(rig, tariff, monkeypatch):
+    epoch = rig.witness().state().epoch
     traffic = Traffic(rig.front_url, rig.tokens, rig.tax_codes(), tariff).start()
-    stopped = threading.Event()
+    written: list = []
     try:
         time.sleep(0.5)
-        watcher = _pause_replication_when_frozen(rig, stopped)
+        _pause_replication_then_write_at_freeze(monkeypatch, rig, tariff, written)
         result = switch(rig, "A", "B", "--param", "catch_up_timeout_s=0.5")
-        watcher.join(timeout=5)
     finally:
         for pid in running_replicators(rig.tmp).values():
             os.killpg(pid, signal.SIGCONT)
         ledger = traffic.stop()
-    assert stopped.is_set(), "the replicator was paused during the freeze"
+    assert [r.status_code for r in written] == [201], "A committed a declaration B could not apply"
     assert result.exit_code == 1, result.output
     assert "rolled back" in result.output.lower(), result.output
     a = rig.control("A")
-    assert (a.role, a.intake_state, a.epoch) == (SiteRole.PRIMARY, IntakeState.OPEN, 1)
+    assert (a.role, a.intake_state, a.epoch) == (SiteRole.PRIMARY, IntakeState.OPEN, epoch)
     assert rig.witness().state().primary_site == "A"
     assert ledger.errors == [], "clients saw a pause, not errors"
     rig.wait_caught_up("A", "B")
     stored = rig.stored("A")
     assert set(ledger.acknowledged) <= set(stored), "every write held during the freeze was carried out on A"
+    assert written[0].json()["number"] in stored
