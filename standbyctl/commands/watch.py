@@ -1,10 +1,12 @@
 """standbyctl watch: one per site; watches the primary and, with --auto, runs the failover runbook.
 
 Exit codes: 0 stopped (Ctrl-C, SIGTERM) or `--once` done; 1 a failover that `--once` started did not finish, or the
-witness cannot be reached at start; 2 an operator mistake (unknown site, no failover runbook for --auto).
+witness cannot be reached at start; 2 an operator mistake (unknown site, no failover runbook for --auto, a watch of the site running already).
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
 import threading
 from datetime import datetime, timezone
@@ -68,6 +70,7 @@ def watch(cli: CliContext, site_id: str, auto: bool, operator: str | None, once:
     settings = cli.settings
     cli.check_site(site_id)
     who = (operator or "").strip() or f"watch@{site_id}"
+    lock = _one_watch_per_site(cli, site_id)
     engine = open_site_database(cli, site_id, writer=False)
     witness = _open_witness(cli)
     console = Console(highlight=False, soft_wrap=True)
@@ -98,6 +101,7 @@ def watch(cli: CliContext, site_id: str, auto: bool, operator: str | None, once:
         engine.dispose()
         if server is not None:
             server.shutdown()
+        lock.close()
     console.print("watch stopped")
     if once and printer.result is not None and printer.result.status != RunStatus.DONE.value:
         raise SystemExit(1)
@@ -110,6 +114,25 @@ def _build_loop(cli, site_id, witness, engine, who, auto, runner, metrics, print
     return WatchLoop(site_id, cli.settings, witness, site_urls=site_urls(cli.settings),
                      read_local=lambda: read_control(engine, site_id), operator=who, auto=auto, run_failover=runner,
                      metrics=metrics, observer=printer, sleep=stop.wait, should_stop=stop.is_set)
+
+
+def _one_watch_per_site(cli: CliContext, site_id: str):
+    """Hold data_dir/watch-SITE.lock for the life of the process: two watches of one site on this host would both
+    decide to fail over before either's audit record could stop the other."""
+    folder = cli.settings.path(cli.settings.data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = open(folder / f"watch-{site_id}.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        fail(f"a watch of site {site_id} is running already (pid {holder}); one watch per site", 2)
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 def _open_witness(cli: CliContext):

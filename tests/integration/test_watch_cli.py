@@ -4,6 +4,8 @@ with the real runbooks/failover.yaml runs it through the runbook executor (its p
 is not up), audits the outcome and exits 1, and the flap guard then holds."""
 from __future__ import annotations
 
+import fcntl
+
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -58,6 +60,18 @@ def test_automatic_mode_without_a_failover_runbook_refuses_to_start(world, tmp_p
     assert [line for line in result.output.splitlines() if line.startswith("error: ")] == [
         f"error: --auto runs the failover runbook, and there is none at {tmp_path / 'none' / 'failover.yaml'} "
         f"(--dir names its folder)"]
+    assert decisions(witness) == []
+
+
+def test_a_second_watch_of_the_same_site_refuses_to_start(world, tmp_path):
+    config, witness = world
+    with open(tmp_path / "watch-B.lock", "a+") as held:  # what a running watch of B holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        result = watch(config)
+    assert result.exit_code == 2
+    assert "error: a watch of site B is running already (pid 4242); one watch per site" in result.output
     assert decisions(witness) == []
 
 
