@@ -19,6 +19,7 @@ from standby.clearance.commands import Command, Outcome, partition_for
 from standby.clearance.pipeline import ClearancePipeline
 from standby.domain.risk import load_risk_rules
 from standby.domain.tariff import load_tariff
+from standby.lease import LeaseKeeper, Renew
 from standby.ray_runtime import WorkerPool, WorkerSpec
 from standby.settings import Settings
 from standby.store.engine import make_engine
@@ -37,12 +38,14 @@ class Site:
 
 
 def build_site(settings: Settings, site_id: str, *, in_process: bool = False,
-               authority: Callable[[], tuple[int, str | None]] | None = None) -> Site:
+               authority: Callable[[], tuple[int, str | None]] | None = None, renew: Renew | None = None) -> Site:
     """Start the site's workers (blocking until they are up) and build its app. The caller serves the app.
 
     `in_process=True` runs the same pipelines in threads of this process instead of Ray actors: for measuring what
     Ray costs, and for diagnosis. Production runs the Ray workers. `authority` (the witness's current epoch and
-    primary, called in a worker thread) lets the site refuse writes under a stale epoch; see SiteServices."""
+    primary, called in a worker thread) lets the site refuse writes under a stale epoch; see SiteServices. `renew`
+    (the witness's renew_lease, see standby.lease) makes the site keep a lease while it is primary: a LeaseKeeper
+    runs from the app's start to its stop."""
     cfg, url = settings.site(site_id), settings.database_url(site_id)
     metrics = SiteMetrics(site_id)
     spec = WorkerSpec(site_id=site_id, site_digit=cfg.site_digit, database_url=url,
@@ -60,13 +63,23 @@ def build_site(settings: Settings, site_id: str, *, in_process: bool = False,
     async def submit(command: Command) -> Outcome:
         return await batcher.submit(partition_for(command.office_code, settings.ray.workers), command)
 
+    keeper = LeaseKeeper(site_id, make_engine(url, pool_size=1), renew, settings.lease, metrics=metrics,
+                         read_engine=make_engine(url, pool_size=1, writer=False)) if renew is not None else None
+
     async def start() -> None:
         batcher.start()
+        if keeper is not None:
+            keeper.start()
+
+    async def stop() -> None:
+        if keeper is not None:
+            await asyncio.to_thread(keeper.close)
+        await batcher.stop()
 
     services = SiteServices(
         site_id=site_id, read_engine=make_engine(url, pool_size=8, writer=False), submit=submit,
         tokens=ReloadingTokenRegistry(settings.path(settings.auth.tokens_file)), metrics=metrics,
-        max_body_bytes=settings.limits.max_body_bytes, start=start, stop=batcher.stop,
+        max_body_bytes=settings.limits.max_body_bytes, start=start, stop=stop,
         primary_urls=site_urls(settings), authority=authority,
     )
     return Site(site_id, create_app(services), pool, services)

@@ -65,6 +65,7 @@ class SiteServices:
     default_hold_s: float = 5.0
     default_hold_max: int = 1000
     clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time  # the gate's `now`: the clock the lease keeper stamps lease_until with
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     _control: SiteControl | None = None
     _control_at: float = float("-inf")
@@ -133,8 +134,9 @@ class SiteServices:
         self._control_at = float("-inf")
 
     def decide(self, control: SiteControl | None) -> GateDecision:
-        """The intake gate on `control` and what this site last heard from the authority."""
-        return decide(self.site_id, control, authority_epoch=self._authority_epoch,
+        """The intake gate on `control`, now (wall-clock time, for the lease), and what this site last heard from the
+        authority."""
+        return decide(self.site_id, control, now=self.wall_clock(), authority_epoch=self._authority_epoch,
                       authority_primary=self._authority_primary)
 
     async def gate(self) -> GateDecision:

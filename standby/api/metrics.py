@@ -54,6 +54,14 @@ class SiteMetrics:
         self.intake_hold_refused_total = Counter("clearance_intake_hold_refused_total",
                                                  "Held write requests answered 503 instead of released, by reason",
                                                  ["reason"], registry=r)
+        # The primary's lease in the witness (standby.lease): seconds until its self-fencing deadline (0 once past
+        # it: the site refuses writes; absent when it keeps no lease, a standby), and renewals that failed.
+        self.lease_remaining = Gauge("standby_lease_remaining_seconds",
+                                     "Seconds until the primary's self-fencing deadline (lease_until); 0: past it",
+                                     ["site"], registry=r)
+        self.lease_renewal_failures = Counter("standby_lease_renewal_failures_total",
+                                              "Lease renewals in the witness that failed (no answer in time)",
+                                              ["site", "reason"], registry=r)
         self.intake_hold_seconds = Histogram("clearance_intake_hold_seconds",
                                              "Time a held write request spent held (latency the freeze added)",
                                              buckets=LATENCY_BUCKETS, registry=r)
@@ -65,6 +73,19 @@ class SiteMetrics:
     def show_change_log(self, pending_rows: int, oldest_s: float) -> None:
         self.change_log_pending.labels(self.site_id).set(pending_rows)
         self.change_log_oldest.labels(self.site_id).set(oldest_s)
+
+    def show_lease(self, remaining_s: float | None) -> None:
+        """The lease keeper's view: seconds left before the site fences itself, None when it keeps no lease."""
+        if remaining_s is None:
+            try:
+                self.lease_remaining.remove(self.site_id)
+            except KeyError:
+                pass
+        else:
+            self.lease_remaining.labels(self.site_id).set(remaining_s)
+
+    def lease_renewal_failed(self, reason: str) -> None:
+        self.lease_renewal_failures.labels(self.site_id, reason).inc()
 
     def show_control(self, role: SiteRole, state: IntakeState, epoch: int) -> None:
         for s in IntakeState:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import click
 
-from standbyctl.commands.witness import open_settings_witness
+from cutover.witness import open_witness
+from cutover.witness.lease import renewer
+from standbyctl.commands.witness import open_settings_witness, witness_url
 from standbyctl.context import CliContext, fail, open_site_database, pass_cli, site_option
 from standby.domain.states import SiteRole
 from standby.ray_runtime import ensure_ray, shutdown_ray
@@ -27,7 +29,9 @@ def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, por
 
     A primary accepts intake; a standby answers reads and refuses writes naming the primary. The site follows the
     witness (settings: witness_url): once the witness names a newer epoch than the site's own, the site refuses
-    writes (`stale_epoch`), so a primary that was replaced never takes another write."""
+    writes (`stale_epoch`), so a primary that was replaced never takes another write. While the site is primary it
+    keeps a lease in the witness (settings: lease) and refuses writes (`lease_expired`) once it could not renew it
+    in time; a renewal refused under a newer epoch fences the site."""
     settings = cli.settings
     engine = open_site_database(cli, site_id)
     control = read_control(engine, site_id)
@@ -41,7 +45,12 @@ def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, por
     http = settings.site(site_id).http
     host, port = host or http.host, port or http.port
     started_ray = False if in_process else ensure_ray(settings.ray.address, settings.ray.num_cpus)
-    site = build_site(settings, site_id, in_process=in_process, authority=_authority(witness) if witness else None)
+    # The lease keeper's own witness connection, its retries bounded by the lease's retry timeout (not the
+    # witness's default budget of seconds), so a primary cut off from the witness notices within its timing rule.
+    lease_witness = open_witness(witness_url(settings), root=settings.root, migrate=False, attempts=2,
+                                 retry_budget_s=settings.lease.retry_timeout_s) if witness else None
+    site = build_site(settings, site_id, in_process=in_process, authority=_authority(witness) if witness else None,
+                      renew=renewer(lease_witness) if lease_witness else None)
     if not len(site.services.tokens):
         click.secho(f"warning: no tokens in {settings.path(settings.auth.tokens_file)}; every API call will get 401. "
                     "Issue some with `standbyctl tokens issue`; the running site picks them up within a second.",
@@ -55,6 +64,8 @@ def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, por
         site.close()
         if witness is not None:
             witness.close()
+        if lease_witness is not None:
+            lease_witness.close()
         if started_ray:
             shutdown_ray()
 
