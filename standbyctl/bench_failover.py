@@ -8,9 +8,12 @@ Each round, against the site the witness names primary (A, then B, … : the rou
 1. kill: SIGKILL at once to the site's serve process group, its Ray workers (found by their actor names, their
    pids asked before the kill: they run under Ray's raylet, not in serve's process group) and the replicator that
    streams out of it; the workers are then checked gone.
-2. failover: once the witness's lease for the dead site has expired, `standbyctl runbook run failover --param
-   from=X --param to=Y --yes --operator bench` in its own process, as an operator (or `standbyctl watch --auto`)
-   would start it. RTO = kill to the first 201 of a number issued by Y in the client ledger.
+2. failover, by one of two triggers: "watch" (default): `standbyctl watch --site S --auto` runs for each site (the
+   killed site's watch dies with it and is started again after the failback) and Y's watch runs the failover
+   runbook itself once X fails its checks and its lease expired; "runbook": the bench polls the witness and, once
+   X's lease expired, runs `standbyctl runbook run failover --param from=X --param to=Y --yes --operator bench` in
+   its own process, as an operator would. RTO = kill to the first 201 of a number issued by Y in the client
+   ledger. The watch's flap guard (settings watch.flap_guard_s, 600 s by default) is set shorter than a round.
 3. RPO: the failover report's lost count beside the ledger's (acknowledged, missing on Y).
 4. The dead site's serve is started again (its role comes from the witness: a fenced standby), then `standbyctl
    runbook run failback --param site=X --param primary=Y` rebuilds it as Y's standby and reconciles; the ledger is
@@ -77,9 +80,11 @@ def kill_site(dep: Deployment, site: str) -> tuple[float, dict]:
     from standby.processes import pid_alive
 
     workers, replicators = site_worker_pids(site), replicators_out_of(dep, site)
-    serve = dep.procs.pop(f"site-{site.lower()}")
+    serve, watch = dep.procs.pop(f"site-{site.lower()}"), dep.procs.pop(f"watch-{site.lower()}", None)
     kill_at = time.time()
     os.killpg(serve.pid, signal.SIGKILL)
+    if watch is not None:  # the site's own watch dies with it
+        _kill(os.killpg, watch.pid)
     for pid in workers:
         _kill(os.kill, pid)
     for pid in replicators:
@@ -87,7 +92,8 @@ def kill_site(dep: Deployment, site: str) -> tuple[float, dict]:
     serve.wait(timeout=30)
     survivors = poll(lambda: [p for p in workers if pid_alive(p)], done=lambda alive: not alive, every_s=0.1,
                      timeout_s=10)
-    return kill_at, {"site": site, "workers": len(workers), "replicators": len(replicators), "survivors": survivors}
+    return kill_at, {"site": site, "workers": len(workers), "replicators": len(replicators), "watch": watch is not None,
+                     "survivors": survivors}
 
 
 def _kill(how, pid: int) -> None:
@@ -125,16 +131,26 @@ def start_site(dep: Deployment, settings, site: str, token: str) -> None:
     dep.wait_http(name, f"{site_url(settings, site)}/v1/site", token=token)
 
 
+def start_watch(dep: Deployment, site: str) -> None:
+    """`standbyctl watch --site SITE --auto`, as each site runs one in production."""
+    dep.spawn(f"watch-{site.lower()}", dep.cli_args("watch", "--site", site, "--auto"))
+
+
+def update_config(dep: Deployment, section: str, values: dict) -> None:
+    """Set `values` in one section of the deployment's settings file (read by every process it starts next)."""
+    raw = yaml.safe_load(dep.config.read_text())
+    raw[section] = {**raw.get(section, {}), **values}
+    dep.config.write_text(yaml.safe_dump(raw))
+
+
 def restart_sites(dep: Deployment, settings, token: str, sync_pairs: list[list[str]]) -> None:
     """Stop both sites' serve (SIGTERM), write settings.sync with `sync_pairs` into the settings file, start both
-    again. Used with no load running."""
+    again. Used with no load running and no watch running (a watch would take the restart for a death)."""
     for site in ("A", "B"):
         proc = dep.procs.pop(f"site-{site.lower()}", None)
         if proc is not None:
             terminate(proc.pid, proc)
-    raw = yaml.safe_load(dep.config.read_text())
-    raw["sync"] = {**raw.get("sync", {}), "pairs": sync_pairs}
-    dep.config.write_text(yaml.safe_dump(raw))
+    update_config(dep, "sync", {"pairs": sync_pairs})
     for site in ("A", "B"):
         start_site(dep, settings, site, token)
 
@@ -150,6 +166,22 @@ def runbook_figures(dep: Deployment, witness, log_path: Path, name: str, params:
     return run_figures(witness.entries(run.run_id), run.status, run.run_id), took
 
 
+def watch_failover(witness, after: float, timeout_s: float = 120) -> tuple[RunFigures, float]:
+    """The failover run a watch started after `after`, once it has ended: its journal's figures and its run time
+    (s, the run's own start to its last update); a RunFigures with status "none" when no run ended in time."""
+    from cutover.runbook.plan import RunStatus
+
+    def ended():
+        run = next((r for r in witness.runs(10) if r.runbook == "failover" and r.started_at >= after), None)
+        return run if run is not None and RunStatus(run.status).is_terminal else None
+
+    run = poll(ended, done=lambda r: r is not None, every_s=0.1, timeout_s=timeout_s)
+    if run is None:
+        return RunFigures("none", error=f"no watch started a failover within {timeout_s:g} s"), float(timeout_s)
+    figures = run_figures(witness.entries(run.run_id), run.status, run.run_id)
+    return figures, run.updated_at - run.started_at
+
+
 def wait_first_write(dep: Deployment, digit: int, after: float, timeout_s: float = 60) -> float | None:
     """The first pre-declaration numbered by the site with `digit` in the client ledger after `after`, waiting up
     to `timeout_s` for it; None if none came."""
@@ -157,8 +189,9 @@ def wait_first_write(dep: Deployment, digit: int, after: float, timeout_s: float
                 done=lambda r: r is not None, every_s=0.2, timeout_s=timeout_s)
 
 
-def kill_round(dep: Deployment, settings, witness, n: int, token: str) -> dict:
-    """Kill the primary, fail over to its standby, measure, bring the dead site back and fail back. The row's
+def kill_round(dep: Deployment, settings, witness, n: int, token: str, trigger: str) -> dict:
+    """Kill the primary, fail over to its standby (trigger "runbook": the bench runs the runbook once the lease
+    expired; "watch": the standby's `watch --auto` does), measure, bring the dead site back and fail back. The row's
     `events` are filled in at the end, when every client event is known."""
     state = witness.state()
     old = state.primary_site
@@ -167,8 +200,11 @@ def kill_round(dep: Deployment, settings, witness, n: int, token: str) -> dict:
     dep.log(f"  {n:>2}. killed {old} (serve, {killed['workers']} Ray workers, {killed['replicators']} replicator(s))"
             + (f"; workers still alive: {killed['survivors']}" if killed["survivors"] else ""))
     lease_at = wait_lease_gone(witness, old, state.epoch)
-    failover, runbook_s = runbook_figures(dep, witness, dep.workdir / f"failover-{n:02d}.log", "failover",
-                                          {"from": old, "to": new})
+    if trigger == "watch":
+        failover, runbook_s = watch_failover(witness, kill_at)
+    else:
+        failover, runbook_s = runbook_figures(dep, witness, dep.workdir / f"failover-{n:02d}.log", "failover",
+                                              {"from": old, "to": new})
     row = {"n": n, "direction": f"{old}→{new}", "kill_at": kill_at, "killed": killed, "lease_s": lease_at - kill_at,
            "runbook_s": runbook_s, "failover": failover, "failback": None, "after": None, "reconcile": {}}
     recovered = wait_first_write(dep, settings.site(new).site_digit, kill_at) if failover.status == "done" else None
@@ -185,6 +221,8 @@ def kill_round(dep: Deployment, settings, witness, n: int, token: str) -> dict:
                                            {"site": old, "primary": new})
     row["failback"], row["failback_s"], row["reconcile"] = failback, failback_s, reconcile_counts(failback)
     row["after"] = ledger_against(dep, settings, new)
+    if trigger == "watch":
+        start_watch(dep, old)
     dep.log(f"      failback {failback.status} in {failback_s:.1f} s {row['reconcile']}; after reconcile: "
             f"{row['after'].describe()}" + (f"; error: {failback.error}" if failback.error else ""))
     return row
@@ -226,7 +264,8 @@ def sync_phase(dep: Deployment, settings, token: str, multiplier: float, warmup_
 
 
 def main_run(base, *, workdir: Path, backend: str, kills: int, multiplier: float, warmup_s: float, window_s: float,
-             gap_s: float, sync_window: bool, enterprises_count: int, log) -> dict:
+             gap_s: float, sync_window: bool, enterprises_count: int, trigger: str, flap_guard_s: float,
+             log) -> dict:
     """Deploy, measure sync then async decision latency, kill the primary `kills` times (failback between), stop
     the load, check the ledger on the final primary and verify; every process stopped at the end, also on failure
     or Ctrl-C. Returns rows, latency phases, the final check and verify's result."""
@@ -245,6 +284,11 @@ def main_run(base, *, workdir: Path, backend: str, kills: int, multiplier: float
             sync = sync_phase(dep, settings, token, multiplier, warmup_s, window_s)
             log(f"  {sync['waits']} acknowledgements waited for the standby, standby lost {sync['standby_lost']} "
                 f"times; both sites restarted without sync")
+        if trigger == "watch":
+            update_config(dep, "watch", {"flap_guard_s": flap_guard_s})
+            for site in ("A", "B"):
+                start_watch(dep, site)
+            log(f"- `standbyctl watch --site A|B --auto` running (flap guard {flap_guard_s:g} s)")
         locust = start_locust(dep, settings, multiplier)
         log(f"- asynchronous: Locust {multiplier:g}x, {warmup_s:g} s warm-up + {window_s:g} s measured, then "
             f"{kills} kills of the primary, {gap_s:g} s apart …")
@@ -252,7 +296,7 @@ def main_run(base, *, workdir: Path, backend: str, kills: int, multiplier: float
         for n in range(1, kills + 1):
             if locust.poll() is not None:
                 raise RuntimeError(f"Locust exited with {locust.returncode}; see {workdir / 'locust.log'}")
-            row = kill_round(dep, settings, witness, n, token)
+            row = kill_round(dep, settings, witness, n, token, trigger)
             rows.append(row)
             if row["failback"] is None or row["failback"].status != "done":
                 break

@@ -312,6 +312,11 @@ def _row_json(row: dict) -> dict:
               help="seconds between a failback and the next kill")
 @click.option("--sync/--no-sync", "sync_window", default=True, show_default=True,
               help="measure decision latency with settings.sync pairing A and B before the kills")
+@click.option("--trigger", type=click.Choice(["watch", "runbook"]), default="watch", show_default=True,
+              help="watch: `standbyctl watch --site S --auto` per site fails over by itself; runbook: the bench runs "
+                   "`standbyctl runbook run failover` once the lease expired, as an operator would")
+@click.option("--flap-guard-s", type=click.FloatRange(0, 3600), default=10, show_default=True,
+              help="with --trigger watch: settings watch.flap_guard_s for the run (shorter than a round)")
 @click.option("--enterprises", "enterprises_count", type=click.IntRange(1000, 10_000_000), default=20_000,
               show_default=True)
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
@@ -320,15 +325,17 @@ def _row_json(row: dict) -> dict:
                                                       "WORKDIR/BACKEND/results.json)")
 @pass_cli
 def failover(cli: CliContext, backend: str, kills: int, multiplier: float, warmup_s: float, window_s: float,
-             gap_s: float, sync_window: bool, enterprises_count: int, workdir: Path | None, as_json: bool) -> None:
+             gap_s: float, sync_window: bool, trigger: str, flap_guard_s: float, enterprises_count: int,
+             workdir: Path | None, as_json: bool) -> None:
     """Kill -9 of every process of the primary site under Locust through the front, KILLS times per backend.
 
     \b
     Deploys as `bench switchover` does (sites A and B with their lease keepers, the front, the replicator A → B,
     one witness, one Ray). With --sync, both sites first run with settings.sync pairing A and B for a warm-up and a
     measured window; then without it, and the window before the first kill is the asynchronous one.
-    Each round: SIGKILL to the primary's serve (process group), its Ray workers and the replicator out of it; once
-    the witness's lease expired, `standbyctl runbook run failover` (as an operator would start it); the dead site's
+    Each round: SIGKILL to the primary's serve (process group), its Ray workers, the replicator out of it and its
+    watch; the failover by the standby's `standbyctl watch --auto` (--trigger watch) or by `standbyctl runbook run
+    failover` started once the witness's lease expired (--trigger runbook, as an operator would); the dead site's
     serve started again; `standbyctl runbook run failback` (rebuild as standby, reconcile). The next round kills the
     new primary.
 
@@ -346,11 +353,12 @@ def failover(cli: CliContext, backend: str, kills: int, multiplier: float, warmu
     missed = []
     for each in (["sqlite", "postgresql"] if backend == "both" else [backend]):
         started = time.time()
-        click.echo(f"failover bench on {each}: {kills} kills at {multiplier:g}x design")
+        click.echo(f"failover bench on {each}: {kills} kills at {multiplier:g}x design, failover by {trigger}")
         try:
             result = main_run(settings, workdir=root / each, backend=each, kills=kills, multiplier=multiplier,
                               warmup_s=warmup_s, window_s=window_s, gap_s=gap_s, sync_window=sync_window,
-                              enterprises_count=enterprises_count, log=click.echo)
+                              enterprises_count=enterprises_count, trigger=trigger, flap_guard_s=flap_guard_s,
+                              log=click.echo)
         except RuntimeError as exc:
             fail(f"{each}: {exc}")
         summary, failed = verdict(result["rows"], result["final"], result["verify_ok"])
@@ -360,7 +368,7 @@ def failover(cli: CliContext, backend: str, kills: int, multiplier: float, warmu
             for error in row["events"]["gap_errors"][:5]:
                 click.echo(f"  kill {row['n']} gap error: {error}")
         run = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "backend": each, "kills": kills,
-               "multiplier": multiplier, "seconds": round(time.time() - started),
+               "multiplier": multiplier, "trigger": trigger, "seconds": round(time.time() - started),
                "machine": f"{platform.node()} {platform.machine()} {_cpus()} cores, Python "
                           f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f} at the end"}
         click.echo(f"{each}: final primary {result['final_primary']}; run took {run['seconds']} s on {run['machine']}")
