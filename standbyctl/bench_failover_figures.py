@@ -12,6 +12,7 @@ Definitions (each round kills every process of the primary site with SIGKILL at 
   missing from the primary (0 expected unless reconcile listed a conflict)."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from loadtests.latency_log import Histograms
@@ -38,14 +39,15 @@ def gap_events(events: list[dict], kill_at: float, recovered_at: float | None, e
                grace_s: float = GRACE_S) -> dict:
     """Client events of one round: failures and 503-retried requests in the gap (kill_at .. recovered_at + grace_s;
     to `end` when writes never came back) and failures in the rest of the round (to `end`, the next kill or the
-    stop of the load), with the distinct error texts of the gap's failures."""
+    stop of the load), with the gap's failures counted by request and error code (`gap_errors`)."""
     gap_end = min(end, recovered_at + grace_s) if recovered_at is not None else end
     in_gap = [e for e in events if kill_at <= e["at"] <= gap_end]
     after = [e for e in events if gap_end < e["at"] < end and e["kind"] == "failure"]
     failures = [e for e in in_gap if e["kind"] == "failure"]
     return {"gap_failures": len(failures), "gap_retried": sum(e["kind"] == "retried" for e in in_gap),
             "after_gap_failures": len(after),
-            "gap_errors": sorted({f"{e['name']}: {(e.get('error') or '')[:120]}" for e in failures})}
+            "gap_errors": dict(sorted(Counter(f"{e['name']}: {(e.get('error') or '').split(':')[0][:80]}"
+                                              for e in failures).items()))}
 
 
 # -- the runbooks' journals -------------------------------------------------------------------------------------------

@@ -365,8 +365,8 @@ def failover(cli: CliContext, backend: str, kills: int, multiplier: float, warmu
         click.echo(round_table(result["rows"]))
         click.echo(latency_table(result["phases"]))
         for row in result["rows"]:
-            for error in row["events"]["gap_errors"][:5]:
-                click.echo(f"  kill {row['n']} gap error: {error}")
+            for error, count in row["events"]["gap_errors"].items():
+                click.echo(f"  kill {row['n']}: {count} x {error}")
         run = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "backend": each, "kills": kills,
                "multiplier": multiplier, "trigger": trigger, "seconds": round(time.time() - started),
                "machine": f"{platform.node()} {platform.machine()} {_cpus()} cores, Python "

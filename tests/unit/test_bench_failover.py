@@ -37,11 +37,12 @@ def test_rto_ends_at_the_first_pre_declaration_numbered_by_the_new_primary():
 
 
 def test_gap_events_split_the_round_at_the_first_write_plus_the_grace():
-    events = [event("failure", 99.0), event("failure", 101.0), event("retried", 102.0), event("slow", 103.0),
+    events = [event("failure", 99.0), event("failure", 101.0, error="503 primary_unreachable: {...}"),
+              event("retried", 102.0), event("slow", 103.0),
               event("failure", 106.5, error="timeout"), event("failure", 120.0), event("failure", 131.0)]
     counted = gap_events(events, kill_at=100.0, recovered_at=105.0, end=130.0, grace_s=2.0)
     assert counted == {"gap_failures": 2, "gap_retried": 1, "after_gap_failures": 1,
-                       "gap_errors": ["/v1/declarations: 503", "/v1/declarations: timeout"]}
+                       "gap_errors": {"/v1/declarations: 503 primary_unreachable": 1, "/v1/declarations: timeout": 1}}
 
 
 def test_a_gap_that_never_closed_runs_to_the_round_end():
@@ -95,7 +96,7 @@ def round_row(n: int, rto: float | None, missing: list[str], conflicts: int = 0,
     failover = RunFigures(status, outputs={"report": {"exact": True, "lost": [], "lost_count": 2}})
     return {"n": n, "direction": "A→B" if n % 2 else "B→A", "killed": {"site": "A", "workers": 2, "replicators": 1},
             "lease_s": 2.9, "runbook_s": 1.4, "rto_s": rto, "failover": failover,
-            "events": {"gap_failures": 1, "gap_retried": 5, "after_gap_failures": 0, "gap_errors": []},
+            "events": {"gap_failures": 1, "gap_retried": 5, "after_gap_failures": 0, "gap_errors": {}},
             "rpo": {"reported": 2, "exact": True, "ledger": 1, "unnamed": list(unnamed), "unseen": 1},
             "failback": RunFigures("done"), "reconcile": {"quarantined": 2, "reapplied": 2 - conflicts,
                                                           "conflicts": conflicts},
