@@ -83,6 +83,19 @@ class Applier:
             self._capture(conn, on=True)
         return ApplyResult(part, position, len(fresh), heartbeat, newest, now)
 
+    def write_changes(self, conn, changes: Sequence[Change], *, replica: bool) -> None:
+        """Write row images (JSON-ready or as the database returned them) in the caller's open transaction, in the
+        order given, as upserts and deletes. `replica=True` writes as the applier does (SQLite: change capture off,
+        back on before returning; PostgreSQL: session_replication_role = replica): the failback moving an old
+        primary's rows aside. `replica=False` writes like any client, captured and replicated: reconcile bringing
+        them back on the primary."""
+        if replica:
+            self._replica_session(conn)
+        for group in _runs(changes):
+            self._execute(conn, group)
+        if replica:
+            self._capture(conn, on=True)
+
     def _replica_session(self, conn) -> None:
         if not is_sqlite(self.engine):
             conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
