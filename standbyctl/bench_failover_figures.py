@@ -94,18 +94,14 @@ def failover_rpo(failover: RunFigures, ledger_lost: list[str]) -> dict:
 
 
 def reconcile_counts(failback: RunFigures) -> dict:
-    """What the failback moved aside and reconciled, from its steps' outputs: the integer figures named
-    quarantined/reapplied/conflicts (and the like) found in any step's output, by name."""
-    wanted = ("quarantined", "reapplied", "re_applied", "conflicts", "conflict_count", "unchanged", "already_there")
-    counts: dict[str, int] = {}
-    for output in failback.outputs.values():
-        for key in wanted:
-            value = output.get(key)
-            if isinstance(value, list):
-                value = len(value)
-            if isinstance(value, int) and not isinstance(value, bool):
-                counts[key] = counts.get(key, 0) + value
-    return counts
+    """What the failback moved aside and reconciled, from its steps' outputs (runbooks/failback.yaml): declarations
+    quarantined (and rows: with their idempotency records and audit rows), re-applied on the primary under their
+    numbers, listed as conflicts, and the failback's own count of acknowledged declarations missing from the
+    primary. None where the step did not report."""
+    q, rc, rp = (failback.outputs.get(step) or {} for step in ("quarantine", "reconcile", "report"))
+    return {"quarantined": len(q["declarations"]) if "declarations" in q else None, "rows": q.get("moved"),
+            "reapplied": rc.get("reapplied_count"), "conflicts": rc.get("conflict_count"),
+            "missing": len(rp["missing_from_primary"]) if "missing_from_primary" in rp else None}
 
 
 # -- decision latency -------------------------------------------------------------------------------------------------
@@ -150,8 +146,8 @@ def round_table(rows: list[dict]) -> str:
             f"{_s(r.get('runbook_s'))} | {_s(r.get('rto_s'))} | {ev.get('gap_failures', '—')} "
             f"({ev.get('gap_retried', '—')}) | {ev.get('after_gap_failures', '—')} | "
             f"{_n(rpo.get('reported'))}{exact} | {_n(rpo.get('ledger'))} ({unnamed}) | "
-            f"{fb.status if fb else '—'} | {_n(rc.get('quarantined'))} / "
-            f"{_n(rc.get('reapplied', rc.get('re_applied')))} / {_n(rc.get('conflicts', rc.get('conflict_count')))} | "
+            f"{fb.status if fb else '—'} | {_n(rc.get('quarantined'))} / {_n(rc.get('reapplied'))} / "
+            f"{_n(rc.get('conflicts'))} | "
             f"{len(after.lost) if after is not None else '—'} |")
     return "\n".join(lines)
 
@@ -177,7 +173,7 @@ def verdict(rows: list[dict], final: LedgerCheck | None, verify_ok: bool | None,
     reported = [r["rpo"]["reported"] for r in rows if (r.get("rpo") or {}).get("reported") is not None]
     missing, conflicts, over = [], 0, []  # a conflict stays missing in the later rounds' checks too
     for r in rows:
-        conflicts += (r.get("reconcile") or {}).get("conflicts", 0)
+        conflicts += (r.get("reconcile") or {}).get("conflicts") or 0
         if r.get("after") is not None:
             missing.append(len(r["after"].lost))
             if missing[-1] > conflicts:

@@ -78,11 +78,15 @@ def test_rpo_names_ledger_lost_numbers_the_report_left_out_and_counts_answers_cu
                    "in_flight_estimate": None}
 
 
-def test_reconcile_counts_add_up_integer_and_list_figures_from_any_step():
-    failback = RunFigures("done", outputs={"quarantine": {"quarantined": 4, "stream": "B-to-A"},
-                                           "reconcile": {"reapplied": 3, "conflicts": ["100000000070"],
-                                                         "exact": True}})
-    assert reconcile_counts(failback) == {"quarantined": 4, "reapplied": 3, "conflicts": 1}
+def test_reconcile_counts_come_from_the_failbacks_quarantine_reconcile_and_report_steps():
+    failback = RunFigures("done", outputs={
+        "quarantine": {"moved": 7, "declarations": ["100000000050", "100000000060"]},
+        "reconcile": {"reapplied": ["100000000050"], "reapplied_count": 1, "conflicts": ["100000000060"],
+                      "conflict_count": 1},
+        "report": {"quarantined": 7, "missing_from_primary": ["100000000060"]}})
+    assert reconcile_counts(failback) == {"quarantined": 2, "rows": 7, "reapplied": 1, "conflicts": 1, "missing": 1}
+    assert reconcile_counts(RunFigures("failed")) == {"quarantined": None, "rows": None, "reapplied": None,
+                                                      "conflicts": None, "missing": None}
 
 
 def test_decision_latency_is_the_histogram_percentile_over_the_window_only():
