@@ -15,6 +15,7 @@ from standby.api.auth import ReloadingTokenRegistry
 from standby.api.batcher import MicroBatcher
 from standby.api.metrics import SiteMetrics
 from standby.api.serving import KEEP_ALIVE_S
+from standby.api.sync import SyncGate, SyncPositions
 from standby.clearance.commands import Command, Outcome, partition_for
 from standby.clearance.pipeline import ClearancePipeline
 from standby.domain.risk import load_risk_rules
@@ -38,14 +39,17 @@ class Site:
 
 
 def build_site(settings: Settings, site_id: str, *, in_process: bool = False,
-               authority: Callable[[], tuple[int, str | None]] | None = None, renew: Renew | None = None) -> Site:
+               authority: Callable[[], tuple[int, str | None]] | None = None,
+               sync_positions: SyncPositions | None = None, renew: Renew | None = None) -> Site:
     """Start the site's workers (blocking until they are up) and build its app. The caller serves the app.
 
     `in_process=True` runs the same pipelines in threads of this process instead of Ray actors: for measuring what
     Ray costs, and for diagnosis. Production runs the Ray workers. `authority` (the witness's current epoch and
-    primary, called in a worker thread) lets the site refuse writes under a stale epoch; see SiteServices. `renew`
-    (the witness's renew_lease, see standby.lease) makes the site keep a lease while it is primary: a LeaseKeeper
-    runs from the app's start to its stop."""
+    primary, called in a worker thread) lets the site refuse writes under a stale epoch; see SiteServices.
+    `sync_positions` (this site's stream to its partner in settings.sync) puts the site in synchronous mode: while
+    it is primary, a write is answered once the partner has applied it (standby.api.sync). `renew` (the witness's
+    renew_lease, see standby.lease) makes the site keep a lease while it is primary: a LeaseKeeper runs from the
+    app's start to its stop."""
     cfg, url = settings.site(site_id), settings.database_url(site_id)
     metrics = SiteMetrics(site_id)
     spec = WorkerSpec(site_id=site_id, site_digit=cfg.site_digit, database_url=url,
@@ -71,15 +75,21 @@ def build_site(settings: Settings, site_id: str, *, in_process: bool = False,
         if keeper is not None:
             keeper.start()
 
+    partner = settings.sync.standby_of(site_id)
+    sync = (SyncGate(partner, settings.sync, sync_positions.committed, sync_positions.applied, metrics=metrics.sync)
+            if partner and sync_positions is not None else None)
+
     async def stop() -> None:
         if keeper is not None:
             await asyncio.to_thread(keeper.close)
+        if sync is not None:
+            await sync.stop()
         await batcher.stop()
 
     services = SiteServices(
         site_id=site_id, read_engine=make_engine(url, pool_size=8, writer=False), submit=submit,
         tokens=ReloadingTokenRegistry(settings.path(settings.auth.tokens_file)), metrics=metrics,
-        max_body_bytes=settings.limits.max_body_bytes, start=start, stop=stop,
+        max_body_bytes=settings.limits.max_body_bytes, start=start, stop=stop, sync=sync,
         primary_urls=site_urls(settings), authority=authority,
     )
     return Site(site_id, create_app(services), pool, services)

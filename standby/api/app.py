@@ -24,12 +24,13 @@ from standby.api.errors import ApiError
 from standby.api.hold import HoldQueue, HoldResult
 from standby.api.metrics import SiteMetrics
 from standby.api.models import AmendIn, DecisionIn, PaymentIn, PreDeclareIn
+from standby.api.sync import SyncGate, acknowledged
 from standby.clearance.commands import Command, Op, Outcome, Principal, Role
 from standby.clearance.handlers import declaration_view
 from standby.clearance.pipeline import is_gate_refusal, is_hold
 from standby.domain.errors import DomainError
 from standby.domain.numbers import DeclarationNumber
-from standby.domain.states import IntakeState
+from standby.domain.states import IntakeState, SiteRole
 from standby.intake_gate import HOLD_CODE, RETRY_AFTER_S, Admission, GateDecision, decide
 from standby.store import reads
 from standby.store.site import SiteControl, read_control
@@ -47,7 +48,8 @@ class SiteServices:
     `authority`, when given, is called (in a worker thread, every `authority_poll_s`) for the witness's current
     epoch and primary site; a site whose control row is at an older epoch then refuses writes (`stale_epoch`).
     `primary_urls` maps site ids to base URLs, so a refusal can say where writes go now. `default_hold_s` and
-    `default_hold_max` bound the hold of a freeze whose row names no bounds (e.g. after a promotion)."""
+    `default_hold_max` bound the hold of a freeze whose row names no bounds (e.g. after a promotion). `sync`, when
+    given (synchronous mode), answers a write only once the standby has applied it, while this site is primary."""
 
     site_id: str
     read_engine: Engine
@@ -64,6 +66,7 @@ class SiteServices:
     hold_poll_s: float = 0.015
     default_hold_s: float = 5.0
     default_hold_max: int = 1000
+    sync: SyncGate | None = None
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time  # the gate's `now`: the clock the lease keeper stamps lease_until with
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -318,7 +321,9 @@ def _routes(app: FastAPI, s: SiteServices) -> None:
 
     async def carry_out(op: Op, principal: Principal, key: str, payload: dict, office: str) -> JSONResponse:
         started = time.perf_counter()
-        outcome = await _through_gate(s, Command(op, principal, key, payload, office))
+        command = Command(op, principal, key, payload, office)
+        outcome = await acknowledged(s.sync, lambda: _through_gate(s, command),
+                                     primary=lambda: s._control is not None and s._control.role is SiteRole.PRIMARY)
         elapsed = time.perf_counter() - started
         kind = outcome.body.get("kind", payload.get("kind", "")) if outcome.ok else ""
         s.metrics.requests.labels(op.value, kind, "replayed" if outcome.replayed else

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from standby.api.sync import SyncMode
 from standby.domain.states import IntakeState, SiteRole
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -65,6 +66,7 @@ class SiteMetrics:
         self.intake_hold_seconds = Histogram("clearance_intake_hold_seconds",
                                              "Time a held write request spent held (latency the freeze added)",
                                              buckets=LATENCY_BUCKETS, registry=r)
+        self.sync = SyncMetrics(site_id, r)
 
     def watch_holds(self, held_now) -> None:
         """Make `clearance_intake_held` read `held_now()` at every scrape."""
@@ -93,3 +95,36 @@ class SiteMetrics:
         for ro in SiteRole:
             self.role.labels(self.site_id, ro.value).set(1 if ro is role else 0)
         self.epoch.labels(self.site_id).set(epoch)
+
+
+class SyncMetrics:
+    """Synchronous mode (standby.api.sync): whether acknowledgements wait for the standby, how often the standby was
+    lost, what the wait costs, and how many committed-position reads the rounds made (one per round, shared)."""
+
+    def __init__(self, site_id: str, r: CollectorRegistry):
+        self.site_id = site_id
+        self.mode = Gauge("standby_sync_mode", "1 while writes are acknowledged only once the standby applied them, "
+                                               "0 while degraded to async or blocked", ["site", "standby"], registry=r)
+        self.state = Gauge("standby_sync_state", "1 for the synchronous mode's current state (sync, degraded, "
+                                                 "blocked)", ["site", "standby", "state"], registry=r)
+        self.lost = Counter("standby_sync_lost_total", "Times the standby did not apply within standby_timeout_s, by "
+                                                       "what followed (degrade to async, or block)",
+                            ["site", "standby", "action"], registry=r)
+        self.wait = Histogram("standby_sync_wait_seconds", "Time a write's answer waited for the standby to apply it",
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.rounds = Counter("standby_sync_rounds_total", "Committed-position reads (one per round of waiting "
+                                                           "writes)", registry=r)
+
+    def show_mode(self, standby: str, mode: SyncMode) -> None:
+        self.mode.labels(self.site_id, standby).set(1 if mode is SyncMode.SYNC else 0)
+        for state in SyncMode:
+            self.state.labels(self.site_id, standby, state.value).set(1 if mode is state else 0)
+
+    def standby_lost(self, standby: str, action: str) -> None:
+        self.lost.labels(self.site_id, standby, action).inc()
+
+    def observe_wait(self, seconds: float) -> None:
+        self.wait.observe(seconds)
+
+    def round_read(self) -> None:
+        self.rounds.inc()

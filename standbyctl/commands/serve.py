@@ -6,6 +6,7 @@ import click
 from cutover.witness import open_witness
 from cutover.witness.lease import renewer
 from standbyctl.commands.witness import open_settings_witness, witness_url
+from standbyctl.sync_positions import sync_positions
 from standbyctl.context import CliContext, fail, open_site_database, pass_cli, site_option
 from standby.domain.states import SiteRole
 from standby.ray_runtime import ensure_ray, shutdown_ray
@@ -45,12 +46,13 @@ def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, por
     http = settings.site(site_id).http
     host, port = host or http.host, port or http.port
     started_ray = False if in_process else ensure_ray(settings.ray.address, settings.ray.num_cpus)
+    positions = sync_positions(settings, site_id)
     # The lease keeper's own witness connection, its retries bounded by the lease's retry timeout (not the
     # witness's default budget of seconds), so a primary cut off from the witness notices within its timing rule.
     lease_witness = open_witness(witness_url(settings), root=settings.root, migrate=False, attempts=2,
                                  retry_budget_s=settings.lease.retry_timeout_s) if witness else None
     site = build_site(settings, site_id, in_process=in_process, authority=_authority(witness) if witness else None,
-                      renew=renewer(lease_witness) if lease_witness else None)
+                      sync_positions=positions, renew=renewer(lease_witness) if lease_witness else None)
     if not len(site.services.tokens):
         click.secho(f"warning: no tokens in {settings.path(settings.auth.tokens_file)}; every API call will get 401. "
                     "Issue some with `standbyctl tokens issue`; the running site picks them up within a second.",
@@ -58,10 +60,16 @@ def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, por
     click.echo(f"site {site_id}: {control.role.value}, epoch {control.epoch}, intake {control.intake_state.value}; "
                f"{settings.ray.workers} clearance workers {'in this process' if in_process else 'on Ray'}")
     click.echo(f"serving http://{host}:{port}  (API docs /docs, metrics /metrics, readiness /readyz)")
+    if positions is not None:
+        click.echo(f"synchronous mode with {positions.partner}: while primary, writes are answered once it has "
+                   f"applied them; not applied within {settings.sync.standby_timeout_s:g} s: "
+                   f"{settings.sync.on_standby_lost}")
     try:
         run_forever(site.app, host, port)
     finally:
         site.close()
+        if positions is not None:
+            positions.close()
         if witness is not None:
             witness.close()
         if lease_witness is not None:

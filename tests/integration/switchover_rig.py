@@ -38,6 +38,7 @@ from standby.store.migrate import upgrade
 from standby.store.schema import declarations, enterprises
 from standby.store.seed import seed
 from standby.store.site import init_site, read_control
+from standbyctl.sync_positions import sync_positions
 from standby.synthetic import make_declaration_payload
 from tests.conftest import REPO, Tokens, free_port
 
@@ -110,6 +111,7 @@ class Rig:
     served: dict = field(default_factory=dict)  # site id -> (Site, BackgroundServer)
     front: BackgroundServer | None = None
     processes: dict = field(default_factory=dict)  # site id -> Popen of `standbyctl serve` (serve_as_process)
+    positions: list = field(default_factory=list)  # synchronous mode's position readers, closed with the rig
 
     @property
     def front_url(self) -> str:
@@ -193,6 +195,8 @@ class Rig:
             server.stop()
             site.close()
         self.served.clear()
+        for positions in self.positions:
+            positions.close()
         if not self.settings.database_url("A").startswith("sqlite"):
             for source, target in (("A", "B"), ("B", "A")):  # a PostgreSQL slot would keep its database alive
                 retire_stream(self.settings.database_url(source), self.settings.database_url(target),
@@ -201,14 +205,15 @@ class Rig:
 
 def build_rig(tmp: Path, org, *, enterprises_count: int = 600, site_urls: dict[str, str] | None = None,
               witness_url: str | None = None, ray_address: str | None = None, front_hold_s: float = 30,
-              serve_as_process: tuple[str, ...] = (), lease: dict | None = None) -> Rig:
+              sync: dict | None = None, serve_as_process: tuple[str, ...] = (), lease: dict | None = None) -> Rig:
     """Site A primary (epoch 1 in the witness), site B its standby by a replicator process A → B, both served over
     HTTP from this process with one shared token registry, and the front on its own port.
 
     `site_urls` ({"A": url, "B": url}) and `witness_url` name empty databases to use (e.g. PostgreSQL); by default
     each is a SQLite file in `tmp`. `ray_address`: the Ray cluster the replicator processes join (e.g. the test
     session's, which saves each a Ray start of its own); by default each starts a local Ray. `front_hold_s`: how long
-    the front holds a write that no primary can take.
+    the front holds a write that no primary can take. `sync`: the settings' `sync` section (synchronous mode), e.g.
+    {"pairs": [["A", "B"]]}; each site is then built with its sync positions (as `standbyctl serve` does).
     `serve_as_process`: sites served by a `standbyctl serve` process of their own (so a test can kill -9 them), which
     joins `ray_address` and reads the declarant tokens of `rig.tax_codes()` from the tokens file. `lease`: the
     settings' lease section (short timings for tests)."""
@@ -223,6 +228,7 @@ def build_rig(tmp: Path, org, *, enterprises_count: int = 600, site_urls: dict[s
         "ray": {"workers": 1, **({"address": ray_address} if ray_address else {})}, "auth": {"tokens_file": str(tmp / "tokens.yaml")},
         "intake": {"call_timeout_s": 20, "call_attempts": 4},
         "replication": {"metrics_port": 0},  # replicators a runbook starts serve no /metrics (9464 may be taken)
+        **({"sync": sync} if sync else {}),
         **({"lease": lease} if lease else {}),
     }))
     settings = load_settings(config)
@@ -249,7 +255,10 @@ def build_rig(tmp: Path, org, *, enterprises_count: int = 600, site_urls: dict[s
                 rig.publish_tokens(rig.tax_codes())
                 rig.processes[site_id] = serve_process(rig, site_id)
                 continue
-            site = build_site(settings, site_id)
+            positions = sync_positions(settings, site_id)
+            if positions is not None:
+                rig.positions.append(positions)
+            site = build_site(settings, site_id, sync_positions=positions)
             site.services.tokens = rig.tokens
             http = settings.site(site_id).http
             rig.served[site_id] = (site, BackgroundServer(site.app, http.host, http.port).start())
