@@ -59,6 +59,10 @@ class ReplicationSettings(_Strict):
     partitions: int = Field(2, ge=1, le=32, description="apply workers of a stream a runbook starts")
     metrics_port: int = Field(9464, ge=0, le=65535,
                               description="where that replicator serves /metrics (Prometheus scrapes 9464); 0: none")
+    idle_sleep_ms: float = Field(20.0, ge=0, le=10_000,
+                                 description="how long a caught-up replicator (standbyctl replicate) waits before it "
+                                             "reads the primary again: the floor of the standby's delay, and so of "
+                                             "every acknowledgement in synchronous mode (on average half of it)")
 
 
 class FrontSettings(_Strict):
@@ -112,7 +116,12 @@ class LeaseSettings(_Strict):
 
 
 class SyncSettings(_Strict):
-    """Synchronous mode, per site pair: a primary acknowledges a write only once its standby has applied it."""
+    """Synchronous mode, per site pair: a primary acknowledges a write only once its standby has applied it
+    (standby.api.sync). While a site of a pair is primary, every write it answers waits until its partner has applied
+    the primary's committed position read after the write; waiting writes share that read (one per round, at most
+    one per poll_ms). The standby applies through its replicator, so replication.idle_sleep_ms is the latency floor
+    of every acknowledgement. Under `block`, a primary whose partner is gone (e.g. right after a failover, until the
+    old primary comes back as its standby) refuses every write: choose `degrade` where availability comes first."""
 
     pairs: list[tuple[str, str]] = Field(default_factory=list, description="site pairs in synchronous mode, "
                                                                            "either way round (e.g. [[A, B]])")
@@ -124,7 +133,8 @@ class SyncSettings(_Strict):
     standby_timeout_s: float = Field(2.0, gt=0, le=600, description="how long an acknowledgement waits for the "
                                                                      "standby before on_standby_lost applies")
     poll_ms: float = Field(2.0, gt=0, le=1000, description="how often the primary looks at the standby's applied "
-                                                          "position while writes wait")
+                                                          "position while writes wait, and the least time between "
+                                                          "two reads of its own committed position")
 
     def standby_of(self, site_id: str) -> str | None:
         """The synchronous partner of `site_id`, or None when it is in no pair."""

@@ -382,3 +382,44 @@ def failover(cli: CliContext, backend: str, kills: int, multiplier: float, warmu
             missed.append(f"{each}: {failed}")
     if missed:
         fail("; ".join(missed))
+
+
+@bench.command("sync")
+@click.option("--multiplier", type=click.FloatRange(0.1, 100), default=3, show_default=True,
+              help="Locust load through the front as a multiple of the design peak (config/capacity.yaml)")
+@click.option("--backend", type=click.Choice(["sqlite", "postgresql"]), default="sqlite", show_default=True,
+              help="sqlite: files under var/bench/sync; postgresql: throwaway clusters for A, B and the witness")
+@click.option("--rounds", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="rounds; each measures one window asynchronous and one synchronous (order alternating)")
+@click.option("--warmup-s", type=click.FloatRange(0, 3600), default=35, show_default=True,
+              help="seconds of load before each window (Locust ramps its users over 30 s)")
+@click.option("--window-s", type=click.FloatRange(5, 3600), default=30, show_default=True,
+              help="seconds measured per window")
+@click.option("--enterprises", "enterprises_count", type=click.IntRange(1000, 10_000_000), default=20_000,
+              show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="write the results as JSON here")
+@pass_cli
+def sync(cli: CliContext, multiplier: float, backend: str, rounds: int, warmup_s: float, window_s: float,
+         enterprises_count: int, out: Path | None) -> None:
+    """Synchronous mode's cost in decision latency: the same Locust load through the front at MULTIPLIER x design
+    against primary A with its standby B applied asynchronously, and with settings.sync pairing A and B (each write
+    answered once B has applied it), in one deployment (sites, replicator A → B, front: each its own process).
+    Prints the green-lane decision's p50/p99 side by side; logs of every process in var/bench/sync/*.log."""
+    from standbyctl.bench_sync import main_run, table
+
+    settings = cli.settings
+    started = time.time()
+    click.echo(f"sync bench on {backend} at {multiplier:g}x design: {rounds} round(s) of async and sync windows of "
+               f"{window_s:g} s")
+    try:
+        result = main_run(settings, workdir=settings.path(settings.data_dir) / "bench" / "sync", backend=backend,
+                          multiplier=multiplier, warmup_s=warmup_s, window_s=window_s, rounds=rounds,
+                          enterprises_count=enterprises_count, log=click.echo)
+    except RuntimeError as exc:
+        fail(str(exc))
+    click.echo(table(result))
+    click.echo(f"run took {time.time() - started:.0f} s on {platform.node()} ({_cpus()} cores, load average "
+               f"{os.getloadavg()[0]:.1f} at the end), {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+    if out:
+        out.write_text(json.dumps(result, indent=2, default=str))
+        click.echo(f"results written to {out}")

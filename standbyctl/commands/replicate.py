@@ -76,7 +76,8 @@ def replicate(cli: CliContext, source_site: str, target_site: str, partitions: i
     pool = ApplyPool(settings.database_url(target_site), partitions)
     pool.start()
     replicator = Replicator(source, pool, Applier(apply_engine(settings.database_url(target_site))),
-                            ReplicatorOptions(stream, partitions, window), metrics,
+                            ReplicatorOptions(stream, partitions, window,
+                                              idle_sleep_s=settings.replication.idle_sleep_ms / 1000), metrics,
                             heartbeat=lambda now: write_heartbeat(primary, source_site, now))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
