@@ -51,7 +51,8 @@ def summarise(windows: list[dict], histograms) -> dict:
         per_window = [decision_latency(histograms, w["start"], w["end"]) for w in mine]
         merged = _merged(histograms, mine)
         waits = sum(w["waits"] for w in mine)
-        out[mode] = {**decision_latency(merged, 0, 2 ** 40), "windows": per_window, "waits": waits,
+        out[mode] = {**decision_latency(merged, 0, 2 ** 40), "seconds": sum(w["seconds"] for w in per_window),
+                     "windows": per_window, "waits": waits,
                      "mean_wait_ms": round(sum(w["wait_s"] for w in mine) / waits * 1000, 2) if waits else None,
                      "rounds": sum(w["rounds"] for w in mine),
                      "standby_lost": sum(w["standby_lost"] for w in mine)}
