@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from cutover.actions.failover_journal import latest_failover
 from cutover.runbook.plan import RunStatus
 from cutover.witness.lease import lease_expired
 from standby.domain.states import IntakeState, SiteRole
@@ -50,12 +51,12 @@ def rig(tmp_path_factory, org, ray_session):
     rig.close()
 
 
-def _failover_args(rig) -> list[str]:
+def failover_args(rig) -> list[str]:
     return ["--config", str(rig.config), "runbook", "run", "failover", "--param", "from=A", "--param", "to=B",
             "--yes", "--operator", "test-operator", "--metrics-port", "0"]
 
 
-def _wait_lease(rig, expired: bool, timeout_s: float = 30) -> None:
+def wait_lease(rig, expired: bool, timeout_s: float = 30) -> None:
     witness = rig.witness()
     try:
         deadline = time.monotonic() + timeout_s
@@ -67,8 +68,8 @@ def _wait_lease(rig, expired: bool, timeout_s: float = 30) -> None:
 
 
 def test_a_failover_while_the_primary_holds_its_lease_is_refused_and_changes_nothing(rig):
-    _wait_lease(rig, expired=False)  # A's serve process keeps a lease in the witness
-    result = CliRunner().invoke(main, _failover_args(rig))
+    wait_lease(rig, expired=False)  # A's serve process keeps a lease in the witness
+    result = CliRunner().invoke(main, failover_args(rig))
     assert result.exit_code == 1, result.output
     assert "may still be writing" in result.output and "switchover" in result.output, result.output
     assert "Traceback" not in result.output
@@ -78,7 +79,7 @@ def test_a_failover_while_the_primary_holds_its_lease_is_refused_and_changes_not
     assert set(running_replicators(rig.tmp)) == {"A-to-B"}, "the replicator into B was left alone"
 
 
-def _kill_primary_site(rig) -> None:
+def kill_primary_site(rig) -> None:
     """SIGKILL every process of site A: its serve process group and the replicator A → B."""
     replicator = running_replicators(rig.tmp)["A-to-B"]
     rig.kill_site("A")
@@ -90,7 +91,7 @@ def _database_files(rig, site_id: str) -> list:
     return [f"{path}{suffix}" for suffix in ("", "-wal", "-shm")]
 
 
-def _rows(rig, site_id: str) -> dict[str, dict]:
+def site_rows(rig, site_id: str) -> dict[str, dict]:
     engine = rig.engine(site_id)
     try:
         with engine.connect() as conn:
@@ -100,12 +101,22 @@ def _rows(rig, site_id: str) -> dict[str, dict]:
     return {r["number"]: dict(r) for r in rows}
 
 
-def _report_cli(rig, run_id: str) -> subprocess.CompletedProcess:
+def report_cli(rig, run_id: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "standbyctl.cli", "--config", str(rig.config), "failover", "report",
                            run_id, "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-def _run_report(rig, run_id: str) -> dict:
+def done_failover(rig) -> str:
+    witness = rig.witness()
+    try:
+        run_id = latest_failover(witness, "B", "A")
+    finally:
+        witness.close()
+    assert run_id is not None, "a failover A -> B is done"
+    return run_id
+
+
+def run_report(rig, run_id: str) -> dict:
     witness = rig.witness()
     try:
         [done] = [e for e in witness.entries(run_id) if e.step == "report" and e.phase == "done"]
@@ -122,13 +133,13 @@ def test_failover_after_kill_9_of_the_primary_lists_exactly_what_clients_were_to
         time.sleep(1.5)
         os.killpg(running_replicators(rig.tmp)["A-to-B"], signal.SIGSTOP)  # B falls behind: a lost tail
         time.sleep(1.0)
-        _kill_primary_site(rig)
+        kill_primary_site(rig)
         for path in _database_files(rig, "A"):  # the old primary's disk is gone
             if os.path.exists(path):
                 os.rename(path, path + ".away")
                 hidden.append(path)
-        _wait_lease(rig, expired=True)
-        run = subprocess.run([sys.executable, "-m", "standbyctl.cli", *_failover_args(rig)], cwd=REPO,
+        wait_lease(rig, expired=True)
+        run = subprocess.run([sys.executable, "-m", "standbyctl.cli", *failover_args(rig)], cwd=REPO,
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         time.sleep(1.0)  # B takes writes through the front
@@ -143,20 +154,21 @@ def test_failover_after_kill_9_of_the_primary_lists_exactly_what_clients_were_to
     assert (b.role, b.intake_state, b.epoch) == (SiteRole.PRIMARY, IntakeState.OPEN, 2)
     assert any(n.startswith("2") for n in ledger.acknowledged), "the front routed new writes to B (site digit 2)"
 
-    witness = rig.witness()
-    run_id = next(r.run_id for r in witness.runs(5) if r.runbook == "failover" and r.status == "done")
-    witness.close()
-    during = _run_report(rig, run_id)
+    run_id = done_failover(rig)
+    during = run_report(rig, run_id)
     assert not during["exact"] and "missing" in during["reason"], during
     assert during["in_flight_estimate"]["declarations"] > 0, during["in_flight_estimate"]
 
-    answer = _report_cli(rig, run_id)
+    answer = report_cli(rig, run_id)
     assert answer.returncode == 0, answer.stderr
     report = json.loads(answer.stdout)
-    assert report["exact"] and report["lost_count"] == len(report["lost"]) > 0
+    assert_lost_matches_ledger(report, ledger.acknowledged, site_rows(rig, "A"), site_rows(rig, "B"))
 
-    on_a, on_b = _rows(rig, "A"), _rows(rig, "B")
-    acked_by_a = {n: told for n, told in ledger.acknowledged.items() if n.startswith("1")}
+
+def assert_lost_matches_ledger(report: dict, acknowledged: dict[str, dict], on_a: dict, on_b: dict) -> None:
+    """The exact report against the client ledger and both sites' declarations (see the module docstring)."""
+    assert report["exact"] and report["lost_count"] == len(report["lost"]) > 0, report
+    acked_by_a = {n: told for n, told in acknowledged.items() if n.startswith("1")}
     expected = {n for n in acked_by_a if n not in on_b}
     listed = {d["number"]: d for d in report["lost"]}
     assert expected <= set(listed), f"acknowledged by A, not on B, not listed: {sorted(expected - set(listed))}"
@@ -169,7 +181,7 @@ def test_failover_after_kill_9_of_the_primary_lists_exactly_what_clients_were_to
     in_flight = set(listed) - expected
     assert len(in_flight) <= CLIENTS, f"more listed than were in flight at the kill: {sorted(in_flight)}"
     for number in in_flight:  # committed by A, its answer lost with A: the client never held this number
-        assert number not in ledger.acknowledged, number
+        assert number not in acknowledged, number
         assert listed[number]["told"]["key"].startswith("sw-"), "a request of the traffic's clients"
     assert set(listed) == {n for n in on_a if n not in on_b}, "the list is every A declaration B lacks"
     differing = [n for n in set(on_a) & set(on_b) if on_a[n] != on_b[n]]
