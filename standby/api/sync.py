@@ -239,6 +239,8 @@ class SyncGate:
 
     # -- lost and back -------------------------------------------------------------------------------------------
     def _lose(self, target: int | None, applied: int | None) -> None:
+        if self.mode is not SyncMode.SYNC:  # the rounds and the look may both find the bound passed: once is enough
+            return
         mode = lost_mode(self.settings.on_standby_lost)
         self._move(mode)
         behind = (f"{target - applied} positions behind (applied {applied}, committed {target})"
