@@ -19,7 +19,7 @@ Contract:
    11. failover_due         -> FAIL_OVER      (from the failed primary to this site)
 - The guard's input, `last_auto_failover_at`, comes from the witness's audit (any watch process), so it survives a
   restart of watch; `runs_in_progress` and it are only consulted past rule 6 (a loop may skip reading them before).
-- "Lease expired" is CONTRACTS.md's: no lease, or `lease_expires_at <= now`.
+- "Lease expired" is `cutover.witness.lease.lease_expired`: no lease, or `lease_expires_at <= now`.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from enum import Enum
 
 from cutover.witness.contract import WitnessState
+from cutover.witness.lease import lease_expired
 from standby.domain.states import SiteRole
 from standby.settings import WatchSettings
 
@@ -129,11 +130,6 @@ class HealthHistory:
         if ok:
             return replace(base, failures=0, last_failure="", checks=base.checks + 1)
         return replace(base, failures=base.failures + 1, last_failure=reason, checks=base.checks + 1)
-
-
-def lease_expired(state: WitnessState, now: float) -> bool:
-    # Inline until cutover.witness.lease.lease_expired (owner LEASE, CONTRACTS.md) lands; same rule.
-    return state.lease_expires_at is None or state.lease_expires_at <= now
 
 
 def configured_standby(primary: str, sites: Collection[str], sync_partner: str | None) -> tuple[str | None, str]:

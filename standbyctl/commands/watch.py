@@ -1,7 +1,8 @@
 """standbyctl watch: one per site; watches the primary and, with --auto, runs the failover runbook.
 
 Exit codes: 0 stopped (Ctrl-C, SIGTERM) or `--once` done; 1 a failover that `--once` started did not finish, or the
-witness cannot be reached at start; 2 an operator mistake (unknown site, no failover runbook for --auto, a watch of the site running already).
+witness cannot be reached at start; 2 an operator mistake (unknown site, no failover runbook for --auto, a watch of
+the site running already).
 """
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,24 +80,6 @@ class Deployment:
             time.sleep(0.05)
 
 
-class LeaseRenewer(threading.Thread):
-    """Renews A's lease as its lease keeper does (where `serve` runs none yet; beside one it changes nothing),
-    until A is killed."""
-
-    def __init__(self, witness_url: str):
-        super().__init__(daemon=True)
-        self.witness_url, self.stop = witness_url, threading.Event()
-
-    def run(self) -> None:
-        witness = open_witness(self.witness_url)
-        try:
-            while not self.stop.is_set():
-                witness.renew_lease("A", 1, LEASE["ttl_s"], time.time())
-                self.stop.wait(LEASE["renew_interval_s"])
-        finally:
-            witness.close()
-
-
 def cli(config: Path, *args: str) -> None:
     result = CliRunner().invoke(main, ["--config", str(config), *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -133,12 +114,11 @@ def deployment(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def failed_over(deployment):
-    """A served and renewing its lease, `watch --site B --auto` watching; the healthy window observed; then kill -9
-    of A and the failover waited for. Returns A's lease expiry at the kill and the checks seen while A was up."""
+    """A served (its lease keeper renewing A's lease), `watch --site B --auto` watching; the healthy window
+    observed; then kill -9 of A and the failover waited for. Returns A's lease expiry at the kill and what the
+    witness held at the end of the healthy window."""
     dep = deployment
-    a = dep.standbyctl("serve", "--site", "A", "--in-process", log="a.log")
-    renewer = LeaseRenewer(f"sqlite:///{dep.tmp / 'witness.db'}")
-    renewer.start()
+    a = dep.standbyctl("serve", "--site", "A", "--in-process", log="a.log")  # its lease keeper renews in the witness
 
     def a_ready() -> bool:
         assert a.poll() is None, dep.log("a.log")
@@ -157,14 +137,14 @@ def failed_over(deployment):
         except httpx.HTTPError:
             return 0.0
     start = dep.wait_for("the watch's metrics", metrics_up)
+    lease_before = dep.witness.state().lease_expires_at
     # The observation window: more health checks than a lease lasts (ttl 1.5 s at one check per 0.1 s).
     dep.wait_for("30 more checks", lambda: dep.checks("ok") + dep.checks("failed") >= start + 30)
-    healthy = {"outcomes": dep.outcomes(), "state": dep.witness.state(), "runs": dep.witness.runs(10)}
+    healthy = {"outcomes": dep.outcomes(), "state": dep.witness.state(), "runs": dep.witness.runs(10),
+               "lease_before": lease_before}
 
     a.send_signal(signal.SIGKILL)
     a.wait(timeout=30)
-    renewer.stop.set()
-    renewer.join(timeout=10)
     lease_at_kill = dep.witness.state().lease_expires_at
     dep.wait_for("the watch's failover run to end", lambda: [r for r in dep.witness.audit_records(1000)
                                                               if r.action == "watch.failover"])
@@ -176,6 +156,7 @@ def test_while_the_primary_is_healthy_and_renews_its_lease_the_watch_never_fails
     healthy = failed_over["healthy"]
     assert healthy["outcomes"] and set(healthy["outcomes"]) <= {"nothing", "wait"}, healthy["outcomes"]
     assert (healthy["state"].epoch, healthy["state"].primary_site, healthy["state"].lease_holder) == (1, "A", "A")
+    assert healthy["state"].lease_expires_at > healthy["lease_before"]  # renewed during the window
     assert healthy["runs"] == []
 
 
