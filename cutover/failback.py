@@ -23,10 +23,11 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
 
-from sqlalchemy import Engine, insert, select, text, update
+from sqlalchemy import Connection, Engine, insert, select, text, update
 
 from replication.apply import Applier
 from replication.changes import Change, ChangeOp
@@ -137,12 +138,13 @@ def write_order(change: Change) -> tuple[int, int]:
 
 # -- I/O -----------------------------------------------------------------------------------------------------------
 
-def rows_by_key(engine: Engine, table: str, keys: Sequence[Mapping]) -> dict[tuple[str, str], dict]:
+def rows_by_key(source: Engine | Connection, table: str, keys: Sequence[Mapping]) -> dict[tuple[str, str], dict]:
     """The rows of `table` with these primary keys as the database stores them (no type conversion, so written
-    back they are the same values), keyed by `row_key`. Absent keys are absent from the answer."""
+    back they are the same values), keyed by `row_key`. Absent keys are absent from the answer. `source` is an
+    engine (a short read of its own) or the caller's open connection (read inside its transaction)."""
     t = metadata.tables[table]
     pk = [c.name for c in t.primary_key.columns]
-    quote = engine.dialect.identifier_preparer.quote
+    quote = source.dialect.identifier_preparer.quote
     columns = ", ".join(quote(c.name) for c in t.columns)
     found: dict[tuple[str, str], dict] = {}
     for start in range(0, len(keys), KEYS_PER_READ):
@@ -150,8 +152,9 @@ def rows_by_key(engine: Engine, table: str, keys: Sequence[Mapping]) -> dict[tup
         params = {f"k{i}_{j}": key[c] for i, key in enumerate(batch) for j, c in enumerate(pk)}
         match = " OR ".join("(" + " AND ".join(f"{quote(c)} = :k{i}_{j}" for j, c in enumerate(pk)) + ")"
                             for i in range(len(batch)))
-        with engine.connect() as conn:
-            for row in conn.execute(text(f"SELECT {columns} FROM {quote(table)} WHERE {match}"), params).mappings():
+        statement = text(f"SELECT {columns} FROM {quote(table)} WHERE {match}")
+        with (source.connect() if isinstance(source, Engine) else nullcontext(source)) as conn:
+            for row in conn.execute(statement, params).mappings():
                 key = {c: row[c] for c in pk}
                 found[(table, json.dumps(key, sort_keys=True, separators=(",", ":"), default=str))] = dict(row)
     return found

@@ -48,6 +48,7 @@ from replication.apply import Applier
 from replication.changes import Change, ChangeOp
 from standby.domain.states import IntakeState, SiteRole
 from standby.store.schema import audit_log, declarations, number_blocks
+from standby.store.engine import is_sqlite
 from standby.store.site import lock_control_for_batch
 
 DECLARATION_TABLES = ("declarations", "goods_lines", "officer_assignments", "idempotency_keys", "audit_log")
@@ -197,12 +198,11 @@ class Reconciler:
         everything = quarantined(self.old)
         held = [r for r in everything if r.status is QuarantineStatus.HELD]
         report = ReconcileReport()
-        report.number_block = self._raise_block(everything, held)
+        report.number_block = self.raise_block(everything, held)
         groups, others = group_rows(held)
         for group in groups:
-            decision = self._decide(group)
+            decision = self._settle(group)
             if decision.verdict is Verdict.REAPPLY:
-                self._reapply(group)
                 report.reapplied.append(group.label)
             else:
                 report.conflicts.append({"number": group.number, "what": group.label, "reason": decision.reason})
@@ -214,29 +214,39 @@ class Reconciler:
                 report.kept[row.table] = report.kept.get(row.table, 0) + 1
         return report
 
-    def _decide(self, group: Group) -> Decision:
-        declaration = None
-        if group.number:
-            with self.primary.connect() as conn:
-                found = conn.execute(select(declarations.c.epoch, declarations.c.state)
-                                     .where(declarations.c.base == group.number[:11])).mappings().first()
-            declaration = dict(found) if found else None
-        answers = group.of("idempotency_keys")
-        on_primary = rows_by_key(self.primary, "idempotency_keys", [a.key for a in answers]) if answers else {}
-        by_key = {k: v for (_, k), v in on_primary.items()}
-        return decide(group, declaration_on_primary=declaration,
-                      answers_on_primary={_key_json(a): by_key.get(_key_json(a)) for a in answers},
-                      failover_epoch=self.failover_epoch)
-
-    def _reapply(self, group: Group) -> None:
-        applier = Applier(self.primary, clock=self.clock)
+    def _settle(self, group: Group) -> Decision:
+        """Decide and, for REAPPLY, write, in ONE transaction on the primary: what the decision read cannot change
+        before the write (SQLite: BEGIN IMMEDIATE holds the write lock; PostgreSQL: the declaration row is locked
+        FOR UPDATE), so a client acting on the declaration at the same moment is never overwritten."""
         with self.primary.begin() as conn:
             self._require_open(conn)
-            applier.write_changes(conn, reapply_changes(group), replica=False)
-            for record in group.of("audit_log"):
-                _add_audit_record(conn, record.row)
+            declaration = None
+            if group.number:
+                query = select(declarations.c.epoch, declarations.c.state).where(
+                    declarations.c.base == group.number[:11])
+                found = conn.execute(query if is_sqlite(self.primary) else query.with_for_update()).mappings().first()
+                declaration = dict(found) if found else None
+            answers = group.of("idempotency_keys")
+            on_primary = rows_by_key(conn, "idempotency_keys", [a.key for a in answers]) if answers else {}
+            by_key = {k: v for (_, k), v in on_primary.items()}
+            decision = decide(group, declaration_on_primary=declaration,
+                              answers_on_primary={_key_json(a): by_key.get(_key_json(a)) for a in answers},
+                              failover_epoch=self.failover_epoch)
+            if decision.verdict is Verdict.REAPPLY:
+                Applier(self.primary, clock=self.clock).write_changes(conn, reapply_changes(group), replica=False)
+                for record in group.of("audit_log"):
+                    _add_audit_record(conn, record.row)
+        return decision
 
-    def _raise_block(self, everything: Sequence[QuarantinedRow], held: Sequence[QuarantinedRow]) -> dict:
+    def raise_block(self, everything: Sequence[QuarantinedRow] | None = None,
+                    held: Sequence[QuarantinedRow] | None = None) -> dict:
+        """Raise the old primary's number block on the primary to `block_floor` (never lowers it), mark the
+        quarantined block row, audit a raise. Idempotent; the quarantine step calls it too, so the old site can
+        never issue a quarantined number again even if the failback stops before reconcile."""
+        if everything is None:
+            everything = quarantined(self.old)
+        if held is None:
+            held = [r for r in everything if r.status is QuarantineStatus.HELD]
         floor = block_floor(everything, self.site_digit)
         with self.primary.begin() as conn:
             self._require_open(conn)

@@ -103,15 +103,20 @@ def start_stream_at(target_url: str, stream: str, partitions: int, position: int
         raise ValueError("partitions must be at least 1")
     target = make_engine(target_url)
     try:
-        existing = _positions(target, stream)
-        stale = bool(existing) and (sorted(existing) != list(range(partitions)) or min(existing.values()) < position)
-        action, at = decide_start(existing, partitions, position, replace=stale,
-                                  continues=lambda lowest: lowest >= position)
+        action, at = decide_start_at(_positions(target, stream), partitions, position)
         if action == "write":
             _write_positions(target, stream, partitions, at, clock())
         return at
     finally:
         target.dispose()
+
+
+def decide_start_at(existing: dict[int, int], partitions: int, position: int) -> tuple[str, int]:
+    """Pure: ("keep", lowest) when the target holds the stream at or past `position` in every partition (a re-run,
+    or the replicator streamed on since), else ("write", position): no positions yet, or an older stream's (below
+    `position`, or of another partition count), which the fixed start replaces."""
+    stale = bool(existing) and (sorted(existing) != list(range(partitions)) or min(existing.values()) < position)
+    return decide_start(existing, partitions, position, replace=stale, continues=lambda lowest: lowest >= position)
 
 
 def retire_stream(source_url: str, target_url: str, stream: str) -> None:

@@ -134,7 +134,11 @@ def quarantine(ctx: ActionContext, args: RunArgs) -> dict:
         old.dispose()
     ctx.progress(f"{report.moved} rows moved aside ({report.skipped} already), {len(report.declarations)} "
                  f"declarations")
-    return {"tail_changes": len(changes), "rows": len(images), **report.as_dict()}
+    try:  # at once, not only in reconcile: the old site must never issue a quarantined number again
+        block = _reconciler(ctx, args, divergence).raise_block()
+    except (PrimaryNotOpen, SQLAlchemyError) as exc:
+        raise ActionFailed(f"the number block on {args.primary} could not be raised: {exc}") from None
+    return {"tail_changes": len(changes), "rows": len(images), **report.as_dict(), "number_block": block}
 
 
 def reverse_stream(ctx: ActionContext, args: RunArgs) -> dict:
@@ -167,16 +171,20 @@ def replicate(ctx: ActionContext, args: ReplicateArgs) -> dict:
     return {"pid": pid, "applied": applied}
 
 
+def _reconciler(ctx: ActionContext, args: RunArgs, divergence: Divergence) -> Reconciler:
+    sites: Sites = ctx.services
+    return Reconciler(sites.engine(args.site), sites.engine(args.primary), sites.witness, args.site, args.primary,
+                      sites.settings.site(args.site).site_digit, divergence.epoch, ctx.operator, ctx.run_id,
+                      clock=ctx.clock)
+
+
 def reconcile(ctx: ActionContext, args: RunArgs) -> dict:
     """Each quarantined declaration re-applied on the primary under its number, or listed as a conflict (the rule:
     cutover/reconcile.py); every decision audited in the witness under the operator."""
     sites: Sites = ctx.services
     _, divergence = _divergence(sites, args)
-    reconciler = Reconciler(sites.engine(args.site), sites.engine(args.primary), sites.witness, args.site,
-                            args.primary, sites.settings.site(args.site).site_digit, divergence.epoch, ctx.operator,
-                            ctx.run_id, clock=ctx.clock)
     try:
-        report = reconciler.run()
+        report = _reconciler(ctx, args, divergence).run()
     except (PrimaryNotOpen, SQLAlchemyError) as exc:  # e.g. the primary froze meanwhile: the run can be resumed
         raise ActionFailed(f"reconcile stopped: {exc}") from None
     for conflict in report.conflicts:

@@ -10,7 +10,7 @@ from cutover.failback import (QuarantinedRow, QuarantineStatus, declaration_base
                               pending, records, replacements)
 from cutover.reconcile import Verdict, block_floor, decide, group_rows, reapply_changes
 from replication.changes import Change, ChangeOp
-from replication.streams import StreamConflict, decide_start
+from replication.streams import decide_start_at
 
 NUMBER = "100000000420"
 BASE = NUMBER[:11]
@@ -156,9 +156,9 @@ def test_the_old_block_is_raised_past_every_quarantined_number_and_its_own_reach
     assert block_floor(rows, 2) == 100
 
 
-def test_a_stream_start_keeps_a_stream_that_ran_on_and_replaces_an_older_one():
-    assert decide_start({0: 50, 1: 60}, 2, 40, replace=False, continues=lambda low: low >= 40) == ("keep", 50)
-    assert decide_start({0: 40, 1: 40}, 2, 40, replace=False, continues=lambda low: low >= 40) == ("keep", 40)
-    assert decide_start({0: 10, 1: 12}, 2, 40, replace=True, continues=lambda low: low >= 40) == ("write", 40)
-    with pytest.raises(StreamConflict):
-        decide_start({0: 10, 1: 12}, 2, 40, replace=False, continues=lambda low: low >= 40)
+def test_a_fixed_stream_start_keeps_a_stream_that_ran_on_and_replaces_an_older_one():
+    assert decide_start_at({}, 2, 40) == ("write", 40)
+    assert decide_start_at({0: 40, 1: 40}, 2, 40) == ("keep", 40)  # a re-run
+    assert decide_start_at({0: 50, 1: 60}, 2, 40) == ("keep", 50)  # the replicator streamed on
+    assert decide_start_at({0: 10, 1: 60}, 2, 40) == ("write", 40)  # an older stream's positions
+    assert decide_start_at({0: 50}, 2, 40) == ("write", 40)  # another partition count
