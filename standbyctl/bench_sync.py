@@ -19,10 +19,10 @@ import json
 from pathlib import Path
 
 from loadtests.latency_log import read_latency_logs
-from standbyctl.bench_failover import load_window, restart_sites
+from standbyctl.bench_failover import load_window, restart_sites, update_config
 from standbyctl.bench_failover_figures import decision_latency
 from standbyctl.bench_switchover import start_locust, stop_locust
-from standbyctl.bench_switchover_deploy import deploy
+from standbyctl.bench_switchover_deploy import deploy, replicator_pids, start_forward_stream, terminate
 
 MODES = {"async": [], "sync": [["A", "B"]]}  # mode -> settings.sync.pairs
 
@@ -66,13 +66,26 @@ def _merged(histograms, windows: list[dict]):
             for key, per_s in histograms.items()}
 
 
+def set_replicator_idle(dep, settings, idle_ms: float, log) -> None:
+    """Restart the replicator A → B with settings.replication.idle_sleep_ms = `idle_ms` (it resumes from its
+    positions)."""
+    update_config(dep, "replication", {"idle_sleep_ms": idle_ms})
+    for pid in replicator_pids(dep.workdir):
+        terminate(pid, None)
+    start_forward_stream(dep, settings)
+    log(f"- replicator A → B restarted with replication.idle_sleep_ms {idle_ms:g}")
+
+
 def main_run(base, *, workdir: Path, backend: str, multiplier: float, warmup_s: float, window_s: float,
-             rounds: int, enterprises_count: int, log) -> dict:
-    """Deploy, measure `rounds` rounds of both modes, stop everything (also on failure or Ctrl-C)."""
+             rounds: int, enterprises_count: int, log, replicator_idle_ms: float | None = None) -> dict:
+    """Deploy, measure `rounds` rounds of both modes, stop everything (also on failure or Ctrl-C).
+    `replicator_idle_ms`: the replicator's idle sleep (settings.replication.idle_sleep_ms) for the whole run."""
     dep, settings = deploy(base, workdir, backend, enterprises_count, log)
     token = json.loads((workdir / "tokens.json").read_text())["declarants"][-1]["token"]
     windows: list[dict] = []
     try:
+        if replicator_idle_ms is not None:
+            set_replicator_idle(dep, settings, replicator_idle_ms, log)
         for r in range(rounds):
             for mode in (("async", "sync") if r % 2 == 0 else ("sync", "async")):
                 log(f"- round {r + 1}/{rounds}, {mode}: both sites restarted; Locust {multiplier:g}x, {warmup_s:g} s "
@@ -85,7 +98,7 @@ def main_run(base, *, workdir: Path, backend: str, multiplier: float, warmup_s: 
     finally:
         dep.stop()
     return {"modes": summarise(windows, read_latency_logs(workdir / "locust")), "windows": windows,
-            "multiplier": multiplier, "backend": backend}
+            "multiplier": multiplier, "backend": backend, "replicator_idle_ms": replicator_idle_ms}
 
 
 def table(result: dict) -> str:

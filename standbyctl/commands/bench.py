@@ -395,12 +395,15 @@ def failover(cli: CliContext, backend: str, kills: int, multiplier: float, warmu
               help="seconds of load before each window (Locust ramps its users over 30 s)")
 @click.option("--window-s", type=click.FloatRange(5, 3600), default=30, show_default=True,
               help="seconds measured per window")
+@click.option("--replicator-idle-ms", type=click.FloatRange(0, 10_000), default=None,
+              help="the replicator's wait between reads once caught up (settings.replication.idle_sleep_ms; default: "
+                   "as the settings say)")
 @click.option("--enterprises", "enterprises_count", type=click.IntRange(1000, 10_000_000), default=20_000,
               show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write the results as JSON here")
 @pass_cli
 def sync(cli: CliContext, multiplier: float, backend: str, rounds: int, warmup_s: float, window_s: float,
-         enterprises_count: int, out: Path | None) -> None:
+         replicator_idle_ms: float | None, enterprises_count: int, out: Path | None) -> None:
     """Synchronous mode's cost in decision latency: the same Locust load through the front at MULTIPLIER x design
     against primary A with its standby B applied asynchronously, and with settings.sync pairing A and B (each write
     answered once B has applied it), in one deployment (sites, replicator A → B, front: each its own process).
@@ -414,7 +417,7 @@ def sync(cli: CliContext, multiplier: float, backend: str, rounds: int, warmup_s
     try:
         result = main_run(settings, workdir=settings.path(settings.data_dir) / "bench" / "sync", backend=backend,
                           multiplier=multiplier, warmup_s=warmup_s, window_s=window_s, rounds=rounds,
-                          enterprises_count=enterprises_count, log=click.echo)
+                          enterprises_count=enterprises_count, log=click.echo, replicator_idle_ms=replicator_idle_ms)
     except RuntimeError as exc:
         fail(str(exc))
     click.echo(table(result))
