@@ -135,7 +135,8 @@ def estimated_report(divergence: Divergence, reason: str, stop: Mapping) -> dict
 def describe(report: Mapping) -> str:
     """One operator sentence about the report."""
     if report["exact"]:
-        return (f"{report['lost_count']} declarations acknowledged by {report['old_primary']} never reached "
+        n = report["lost_count"]
+        return (f"{n} declaration{'' if n == 1 else 's'} acknowledged by {report['old_primary']} never reached "
                 f"{report['new_primary']} ({report['changes']} row changes past the divergence)")
     estimate = report["in_flight_estimate"]
     about = "an unknown number of" if estimate["declarations"] is None else f"about {estimate['declarations']}"

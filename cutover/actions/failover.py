@@ -198,9 +198,19 @@ def stop_stream(ctx: ActionContext, args: StopArgs) -> dict:
         raise ActionFailed(f"the replicator {stream_name(args.primary, args.standby)} (pid {killed[-1]}) is still "
                            f"running after {args.timeout_s:g} s")
     stream = stream_name(args.primary, args.standby)
-    engine = sites.engine(args.standby, writer=False)
-    positions = _settled_positions(ctx, Applier(engine), stream, args.timeout_s)
-    with engine.connect() as conn:
+    positions = _settled_positions(ctx, Applier(sites.engine(args.standby, writer=False)), stream, args.timeout_s)
+    ctx.progress(f"stream {stream} stopped at positions {positions}" + (f"; killed pid {sorted(set(killed))}"
+                                                                        if killed else ""))
+    # The replicator keeps one position per partition: their count is the partitioning the divergence needs.
+    return {"stream": stream, "partitions": len(positions) or sites.partitions,
+            "positions": {str(p): v for p, v in positions.items()}, "applied": min(positions.values(), default=0),
+            "killed": sorted(set(killed)), **_estimate_inputs(ctx, sites, args.standby, stream)}
+
+
+def _estimate_inputs(ctx: ActionContext, sites: Sites, standby: str, stream: str) -> dict:
+    """What the RPO estimate needs if the old primary's database cannot be read (cutover.rpo.in_flight_estimate),
+    and the witness's epoch, read before the bump (which clears the lease)."""
+    with sites.engine(standby, writer=False).connect() as conn:
         heartbeat_at = conn.execute(select(func.max(replication_state.c.heartbeat_at))
                                     .where(replication_state.c.stream == stream)).scalar()
         recent = 0 if heartbeat_at is None else conn.execute(
@@ -210,12 +220,8 @@ def stop_stream(ctx: ActionContext, args: StopArgs) -> dict:
     state = sites.witness.state()
     lease_end = state.lease_expires_at
     last_write = (lease_end - sites.settings.lease.fence_margin_s) if lease_end is not None else ctx.clock()
-    ctx.progress(f"stream {stream} stopped at positions {positions}" + (f"; killed pid {sorted(set(killed))}"
-                                                                        if killed else ""))
-    return {"stream": stream, "partitions": sites.partitions, "positions": {str(p): v for p, v in positions.items()},
-            "applied": min(positions.values(), default=0), "epoch": state.epoch, "killed": sorted(set(killed)),
-            "heartbeat_at": heartbeat_at, "last_write_at": last_write, "lease_expires_at": lease_end,
-            "rate_per_s": round(recent / RATE_WINDOW_S, 3)}
+    return {"epoch": state.epoch, "heartbeat_at": heartbeat_at, "last_write_at": last_write,
+            "lease_expires_at": lease_end, "rate_per_s": round(recent / RATE_WINDOW_S, 3)}
 
 
 def bump_epoch(ctx: ActionContext, args: BumpArgs) -> dict:

@@ -2,8 +2,8 @@
 each interrupted failover reaches the end state of an uninterrupted one, and its report is the same list.
 
 The rig (tests/integration/switchover_rig.py) is two served sites on SQLite, a witness and the front. Every iteration
-is a real failover, alternating A → B and B → A: declarants write a short tail through the front to the primary while
-nothing replicates it to the standby (the first time the replicator A → B is paused with SIGSTOP and the failover's
+is a real failover, alternating A → B and B → A: declarants write a short tail through the front to the primary
+while nothing replicates it to the standby (the first time the replicator A → B is paused with SIGSTOP and the failover's
 stop_stream kills it; later the test records the standby's positions of the stream at the primary's current head, the
 way a stream that had caught up left them), then `runbook run failover` dies by SIGKILL right after the intent of one
 step is journaled (the switchover fault test's copy of the real CLI), and `runbook resume` finishes it. The sites keep

@@ -68,7 +68,8 @@ def allow_connections(cluster, database: str, allow: bool) -> None:
         admin.dispose()
 
 
-def test_failover_on_postgres_lists_exactly_what_clients_were_told_and_b_lacks(rig, tariff, pg_cluster, names):  # noqa: F811
+def test_failover_on_postgres_lists_exactly_what_clients_were_told_and_b_lacks(
+        rig, tariff, pg_cluster, names):  # noqa: F811
     assert all(rig.settings.database_url(s).startswith("postgresql") for s in ("A", "B"))
     wait_lease(rig, expired=False)
     traffic = Traffic(rig.front_url, rig.tokens, rig.tax_codes(), tariff, clients=CLIENTS).start()

@@ -120,3 +120,31 @@ def test_in_flight_estimate_is_lag_times_rate_and_says_what_it_cannot_know():
     assert in_flight_estimate(NOW, NOW - 1, 40.0)["declarations"] == 0
     unknown = in_flight_estimate(None, NOW, 40.0)
     assert unknown["declarations"] is None and "unknown" in unknown["basis"]
+
+
+def _divergence():
+    from cutover.actions.failover_journal import Divergence
+
+    return Divergence("A", "B", "A-to-B", 2, {0: 5, 1: 7}, 2, "B-to-A", 40)
+
+
+def test_a_report_without_the_old_database_says_why_and_estimates_the_writes_in_flight():
+    from cutover.rpo import describe, estimated_report
+
+    report = estimated_report(_divergence(), "the database file /x/site-a.db is missing",
+                              {"heartbeat_at": NOW, "last_write_at": NOW + 1.2, "rate_per_s": 10.0})
+    assert (report["exact"], report["lost"], report["lost_count"]) == (False, [], None)
+    assert report["in_flight_estimate"]["declarations"] == 12
+    sentence = describe(report)
+    assert "not exact" in sentence and "missing" in sentence and "about 12" in sentence
+    assert "standbyctl failover report" in sentence
+
+
+def test_an_exact_report_counts_the_lost_and_keeps_the_positions_as_json_keys():
+    from cutover.rpo import describe, exact_report
+
+    lost = [{"number": "100000000010"}]
+    report = exact_report(_divergence(), [_c(9, "declarations", {"base": "10000000001"}, None)], lost)
+    assert (report["exact"], report["lost_count"], report["changes"]) == (True, 1, 1)
+    assert report["positions"] == {"0": 5, "1": 7}
+    assert describe(report).startswith("1 declaration acknowledged by A never reached B")
