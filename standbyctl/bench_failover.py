@@ -231,7 +231,8 @@ def kill_round(dep: Deployment, settings, witness, n: int, token: str, trigger: 
 # -- the whole run ----------------------------------------------------------------------------------------------------
 
 def load_window(dep: Deployment, settings, locust, warmup_s: float, window_s: float) -> tuple[float, float, dict]:
-    """Let Locust warm up, then measure a window; (start, end, the primary's metric totals before and after)."""
+    """Let Locust warm up, then measure a window; (start, end, what A's metric totals grew by in it). Used before
+    the first kill, while A is the primary."""
     time.sleep(warmup_s)
     primary_url = site_url(settings, "A")
     before, start = _metrics(primary_url), time.time()
@@ -273,11 +274,11 @@ def main_run(base, *, workdir: Path, backend: str, kills: int, multiplier: float
     from loadtests.latency_log import read_latency_logs
 
     dep, settings = deploy(base, workdir, backend, enterprises_count, log)
-    witness = open_witness(settings.witness_url, root=settings.root)
-    token = json.loads((workdir / "tokens.json").read_text())["declarants"][-1]["token"]
     rows: list[dict] = []
-    sync = None
+    sync = witness = None
     try:
+        witness = open_witness(settings.witness_url, root=settings.root)
+        token = json.loads((workdir / "tokens.json").read_text())["declarants"][-1]["token"]
         if sync_window:
             log(f"- synchronous mode (sync.pairs [[A, B]]): both sites restarted; Locust {multiplier:g}x for "
                 f"{warmup_s:g} s warm-up + {window_s:g} s measured …")
@@ -304,7 +305,8 @@ def main_run(base, *, workdir: Path, backend: str, kills: int, multiplier: float
         log("- stopping the load; settling the standby; final ledger check and verify …")
         stop_at, primary, verify_ok, final, events = stop_and_check(dep, settings, witness, locust)
     finally:
-        witness.close()
+        if witness is not None:
+            witness.close()
         dep.stop()
     ends = [r["kill_at"] for r in rows[1:]] + [stop_at]
     for row, end in zip(rows, ends):
