@@ -120,7 +120,8 @@ class SyncSettings(_Strict):
     (standby.api.sync). While a site of a pair is primary, every write it answers waits until its partner has applied
     the primary's committed position read after the write; waiting writes share that read (one per round, at most
     one per poll_ms). The standby applies through its replicator, so replication.idle_sleep_ms is the latency floor
-    of every acknowledgement. Under `block`, a primary whose partner is gone (e.g. right after a failover, until the
+    of every acknowledgement: set it to 5 for a sync pair (BENCHMARKS.md "Synchronous mode": at 3x design the
+    green-lane decision's p99 was 140 ms with 20, 98 ms with 5). Under `block`, a primary whose partner is gone (e.g. right after a failover, until the
     old primary comes back as its standby) refuses every write: choose `degrade` where availability comes first."""
 
     pairs: list[tuple[str, str]] = Field(default_factory=list, description="site pairs in synchronous mode, "
