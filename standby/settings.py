@@ -121,8 +121,11 @@ class SyncSettings(_Strict):
     the primary's committed position read after the write; waiting writes share that read (one per round, at most
     one per poll_ms). The standby applies through its replicator, so replication.idle_sleep_ms is the latency floor
     of every acknowledgement: set it to 5 for a sync pair (BENCHMARKS.md "Synchronous mode": at 3x design the
-    green-lane decision's p99 was 140 ms with 20, 98 ms with 5). Under `block`, a primary whose partner is gone (e.g. right after a failover, until the
-    old primary comes back as its standby) refuses every write: choose `degrade` where availability comes first."""
+    green-lane decision's p99 was 140 ms with 20, 98 ms with 5).
+    Writes wait whenever the partner's stream is not running: after a switchover until the reverse replicator (started
+    after resume) has caught up, and after a failover until the old primary is back as a standby. Under `degrade` they
+    are acknowledged after standby_timeout_s and the primary runs async until the partner has caught up; under `block`
+    the primary refuses every write meanwhile: choose `degrade` where availability comes first."""
 
     pairs: list[tuple[str, str]] = Field(default_factory=list, description="site pairs in synchronous mode, "
                                                                            "either way round (e.g. [[A, B]])")
