@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from cutover.actions.failover_journal import divergence_of, step_result
@@ -28,7 +29,7 @@ from cutover.runbook.actions import ActionContext, ActionFailed, ActionRegistry
 from cutover.witness.contract import StaleEpoch, WitnessState
 from cutover.witness.lease import lease_expired
 from replication.apply import Applier
-from replication.sources import stream_name
+from replication.sources import slot_name, stream_name
 from replication.streams import fix_start
 from standby.domain.states import IntakeState, SiteRole
 from standby.store import site as site_control
@@ -249,13 +250,26 @@ def bump_epoch(ctx: ActionContext, args: BumpArgs) -> dict:
 
 def reverse_start(ctx: ActionContext, args: PairArgs) -> dict:
     """Fix where the new primary's own changes start (its change log's counter; on PostgreSQL its slot for the
-    stream back, created now), before it takes a write. `primary` here is the NEW primary, `standby` the old."""
+    stream back, created now), before it takes a write. `primary` here is the NEW primary, `standby` the old.
+
+    Runs only while the new primary is frozen: it has taken no write of its own yet, so on PostgreSQL a slot of the
+    stream already there (left by an older stream, or by this step's attempt before a crash) is dropped and made
+    afresh: an old one would replay what the site applied as a standby, and nothing of its own can be missed."""
     sites: Sites = ctx.services
     stream = stream_name(args.primary, args.standby)
+    url = sites.database_url(args.primary)
     control = sites.control(args.primary)
     if control.intake_state is IntakeState.OPEN:
         raise ActionFailed(f"site {args.primary} is open already: its first writes may precede the start")
-    return {"stream": stream, "position": fix_start(sites.database_url(args.primary), stream)}
+    if make_url(url).get_backend_name() == "postgresql":
+        from replication.pg_source import PgChangeSource
+
+        source = PgChangeSource(url, slot_name(args.primary, args.standby))
+        try:
+            source.drop_slot(missing_ok=True)
+        finally:
+            source.close()
+    return {"stream": stream, "position": fix_start(url, stream)}
 
 
 def fence_old(ctx: ActionContext, args: FenceArgs) -> dict:

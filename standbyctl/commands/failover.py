@@ -1,8 +1,10 @@
 """standbyctl failover: what a failover run lost, by declaration number.
 
-`standbyctl failover report RUN_ID [--json]` recomputes the run's RPO report (cutover.rpo) from the old primary's
-database and the divergence point the run journaled (step stop_stream): exact once that database can be read again,
-else the estimate and why. The runbook's own `report` step journaled the report as it stood then.
+`standbyctl failover report RUN_ID [--json] [--recompute]` prints the run's RPO report (cutover.rpo). When the run's
+own `report` step journaled an exact one, that is it (the failback may since have moved the old primary's tail
+aside and freed its change log, so a recomputation would no longer see it; `--recompute` forces one). Otherwise it
+is recomputed from the old primary's database and the divergence point the run journaled (step stop_stream): exact
+once that database can be read again, else the estimate and why. Each recomputation is audited in the witness.
 
 Exit codes: 0 the exact list was printed; 1 the old primary's database still cannot be read (the estimate was
 printed) or the witness cannot be reached; 2 an operator mistake: an unknown run, a run that is not a failover,
@@ -40,9 +42,11 @@ def failover() -> None:
 @failover.command("report")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
+@click.option("--recompute", is_flag=True, help="recompute even when the run journaled an exact report")
 @pass_cli
-def report(cli: CliContext, run_id: str, as_json: bool) -> None:
-    """Recompute RUN_ID's RPO report from the old primary's database and print it (exit 0 exact, 1 not yet)."""
+def report(cli: CliContext, run_id: str, as_json: bool, recompute: bool) -> None:
+    """Print RUN_ID's RPO report (exit 0 exact, 1 not yet): the one the run journaled when it was exact, else
+    recomputed from the old primary's database now."""
     from cutover.witness import open_witness
 
     settings = cli.settings
@@ -57,15 +61,18 @@ def report(cli: CliContext, run_id: str, as_json: bool) -> None:
             fail(str(exc), 2)
         for site in (divergence.old_primary, divergence.new_primary):
             cli.check_site(site)
-        stop = step_result(witness.entries(run_id), "stop_stream") or {}
-        new_engine = make_engine(settings.database_url(divergence.new_primary), writer=False)
-        try:
-            result = compute_report(settings.database_url(divergence.old_primary), new_engine, divergence, stop)
-        finally:
-            new_engine.dispose()
-        witness.audit(AuditRecord(time.time(), getpass.getuser(), "failover.report", run_id, {},
-                                  "exact" if result["exact"] else "estimate",
-                                  detail={"lost_count": result["lost_count"], "reason": result.get("reason")}))
+        entries = witness.entries(run_id)
+        result = step_result(entries, "report")
+        if recompute or not (result and result["exact"]):
+            new_engine = make_engine(settings.database_url(divergence.new_primary), writer=False)
+            try:
+                result = compute_report(settings.database_url(divergence.old_primary), new_engine, divergence,
+                                        step_result(entries, "stop_stream") or {})
+            finally:
+                new_engine.dispose()
+            witness.audit(AuditRecord(time.time(), getpass.getuser(), "failover.report", run_id, {},
+                                      "exact" if result["exact"] else "estimate",
+                                      detail={"lost_count": result["lost_count"], "reason": result.get("reason")}))
     except WitnessError as exc:
         fail(f"the witness failed: {exc}")
     finally:
