@@ -1,9 +1,10 @@
-"""`standbyctl watch --site B --auto` as an operator runs it, against a served primary A (`standbyctl serve`, a
-subprocess), a SQLite witness and site B's database: it keeps still while A is healthy and renews its lease; after
-kill -9 of A it fails over exactly once, after A's lease expired, auditing the decision with its reason; when a
-failover looks due again within the flap guard it does not fail over but audits BLOCKED_BY_FLAP_GUARD, and so does
-a new watch process (the guard is read from the witness's audit). The failover runbook here is the stand-in
-tests/runbooks/watch/failover.yaml (same name and parameters as runbooks/failover.yaml)."""
+"""`standbyctl watch --site B --auto` as an operator runs it, with sites A (primary) and B (its standby, the stream
+A -> B recorded) each served by its own `standbyctl serve` and a SQLite witness: the watch keeps still while A is
+healthy and renews its lease; after kill -9 of A it fails over exactly once, after A's lease expired, auditing the
+decision with its reason, by running the real runbooks/failover.yaml (done, its report exact: nothing was lost);
+when a failover looks due again within the flap guard it does not fail over but audits BLOCKED_BY_FLAP_GUARD, and
+so does a new watch process (the guard is read from the witness's audit). No replicator runs: nothing is written,
+and the stream's recorded start is what the runbook's divergence point needs."""
 from __future__ import annotations
 
 import signal
@@ -20,13 +21,14 @@ import yaml
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from cutover.actions.failover_journal import step_result
 from cutover.witness import open_witness
 from standby.store import site as site_control
 from standby.store.engine import make_engine
+from replication.streams import prepare_stream
 from standbyctl.cli import main
 from tests.conftest import REPO, free_port
 
-RUNBOOKS = REPO / "tests" / "runbooks" / "watch"
 LEASE = {"ttl_s": 1.5, "renew_interval_s": 0.25, "retry_timeout_s": 0.3, "fence_margin_s": 0.3}
 WATCH = {"interval_s": 0.1, "health_timeout_s": 0.5, "failures_before_failover": 2, "flap_guard_s": 600}
 
@@ -36,6 +38,7 @@ class Deployment:
     tmp: Path
     config: Path
     url_a: str
+    url_b: str
     metrics_url: str
     witness: object
     procs: list = field(default_factory=list)
@@ -88,7 +91,7 @@ def cli(config: Path, *args: str) -> None:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("watch")
-    port_a, metrics_port = free_port(), free_port()
+    port_a, port_b, metrics_port = free_port(), free_port(), free_port()
     config = tmp / "standby.yaml"
     config.write_text(yaml.safe_dump({
         "root": str(REPO), "data_dir": str(tmp), "witness_url": f"sqlite:///{tmp / 'witness.db'}",
@@ -96,12 +99,14 @@ def deployment(tmp_path_factory):
         "sites": {"A": {"site_digit": 1, "database_url": f"sqlite:///{tmp / 'a.db'}",
                         "http": {"host": "127.0.0.1", "port": port_a}},
                   "B": {"site_digit": 2, "database_url": f"sqlite:///{tmp / 'b.db'}",
-                        "http": {"host": "127.0.0.1", "port": free_port()}}},
+                        "http": {"host": "127.0.0.1", "port": port_b}}},
         "lease": LEASE, "watch": WATCH}))
     cli(config, "db", "upgrade", "--site", "A", "--role", "primary", "--operator", "t")
     cli(config, "db", "upgrade", "--site", "B", "--operator", "t")
+    prepare_stream(f"sqlite:///{tmp / 'a.db'}", f"sqlite:///{tmp / 'b.db'}", "A-to-B", 2)  # B mirrors A from here
     witness = open_witness(f"sqlite:///{tmp / 'witness.db'}")
-    dep = Deployment(tmp, config, f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{metrics_port}/metrics", witness)
+    dep = Deployment(tmp, config, f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}",
+                     f"http://127.0.0.1:{metrics_port}/metrics", witness)
     try:
         yield dep
     finally:
@@ -119,15 +124,17 @@ def failed_over(deployment):
     witness held at the end of the healthy window."""
     dep = deployment
     a = dep.standbyctl("serve", "--site", "A", "--in-process", log="a.log")  # its lease keeper renews in the witness
+    b = dep.standbyctl("serve", "--site", "B", "--in-process", log="b.log")
 
-    def a_ready() -> bool:
-        assert a.poll() is None, dep.log("a.log")
+    def answers(proc, url: str, path: str, log: str) -> bool:
+        assert proc.poll() is None, dep.log(log)
         try:
-            return httpx.get(f"{dep.url_a}/readyz", timeout=2).status_code == 200
+            return httpx.get(f"{url}{path}", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
-    dep.wait_for("A to serve", a_ready, timeout_s=90)
-    dep.watch = dep.standbyctl("watch", "--site", "B", "--auto", "--dir", str(RUNBOOKS), "--metrics-port",
+    dep.wait_for("A to serve", lambda: answers(a, dep.url_a, "/readyz", "a.log"), timeout_s=90)
+    dep.wait_for("B to serve", lambda: answers(b, dep.url_b, "/healthz", "b.log"), timeout_s=90)
+    dep.watch = dep.standbyctl("watch", "--site", "B", "--auto", "--metrics-port",
                                dep.metrics_url.split(":")[2].split("/")[0], log="watch.log")
     dep.wait_for("the watch to see A healthy", lambda: "nothing" in dep.outcomes())
 
@@ -173,10 +180,12 @@ def test_after_kill_9_of_the_primary_the_watch_fails_over_exactly_once_after_its
     assert "A -> B" in record.detail["reason"] and "lease expired" in record.detail["reason"]
     assert record.at >= failed_over["lease_at_kill"]  # not a moment while A's lease ran
     runs = dep.witness.runs(10)
-    assert [(r.runbook, r.operator, r.params, r.status) for r in runs] == [
-        ("failover", "watch@B", {"from": "A", "to": "B"}, "done")]
+    assert [(r.runbook, r.operator, r.params["from"], r.params["to"], r.status) for r in runs] == [
+        ("failover", "watch@B", "A", "B", "done")]
     outcome = [r for r in dep.witness.audit_records(1000) if r.action == "watch.failover"]
     assert [(r.outcome, r.args["run_id"]) for r in outcome] == [("done", runs[0].run_id)]
+    report = step_result(dep.witness.entries(runs[0].run_id), "report")
+    assert report["exact"] and report["lost_count"] == 0, report  # nothing was written, nothing lost
     assert "FAIL_OVER" in dep.log("watch.log")
 
 
@@ -201,7 +210,7 @@ def test_a_failover_due_again_within_the_flap_guard_is_blocked_and_audited_also_
     assert dep.watch.wait(timeout=30) == 0, dep.log("watch.log")
     assert "watch stopped" in dep.log("watch.log")
     dep.watch = None
-    again = dep.standbyctl("watch", "--site", "B", "--auto", "--once", "--dir", str(RUNBOOKS), log="once.log")
+    again = dep.standbyctl("watch", "--site", "B", "--auto", "--once", log="once.log")
     assert again.wait(timeout=60) == 0, dep.log("once.log")
     assert "BLOCKED_BY_FLAP_GUARD" in dep.log("once.log")
     assert dep.outcomes().count("fail_over") == 1 and dep.outcomes()[-1] == "blocked_by_flap_guard"
