@@ -25,7 +25,7 @@ from replication.apply import apply_engine
 from replication.divergence import last_images, unapplied_changes
 from replication.errors import ReplicationError
 from replication.progress import NotCaughtUp, wait_until_applied
-from replication.sources import stream_name
+from replication.sources import slot_name, stream_name
 from replication.streams import retire_stream, start_stream_at
 from standby.domain.states import IntakeState, SiteRole
 from standby.store import site as site_control
@@ -118,6 +118,12 @@ def quarantine(ctx: ActionContext, args: RunArgs) -> dict:
     by the primary's version (or deleted): one transaction per chunk, change capture off."""
     sites: Sites = ctx.services
     _, divergence = _divergence(sites, args)
+    if _slot_gone(sites, args):  # a repeated run after reverse_stream dropped it: the tail was moved aside then
+        held = quarantined(sites.engine(args.site, writer=False))
+        if not held:
+            raise ActionFailed(f"site {args.site}'s slot for {divergence.stream} is gone and its quarantine is "
+                               f"empty: its lost tail can no longer be read")
+        return {"tail_changes": None, "rows": len(held), "moved": 0, "skipped": len(held), "slot_gone": True}
     source = sites.change_source(args.site, args.primary)
     try:
         changes = unapplied_changes(source, divergence.positions, divergence.partitions)
@@ -139,6 +145,21 @@ def quarantine(ctx: ActionContext, args: RunArgs) -> dict:
     except (PrimaryNotOpen, SQLAlchemyError) as exc:
         raise ActionFailed(f"the number block on {args.primary} could not be raised: {exc}") from None
     return {"tail_changes": len(changes), "rows": len(images), **report.as_dict(), "number_block": block}
+
+
+def _slot_gone(sites: Sites, args: PairArgs) -> bool:
+    """PostgreSQL: the old primary no longer has the slot of the stream old -> new (never True on SQLite, whose
+    change log keeps the tail). Checked without creating one: a slot nobody reads keeps WAL forever."""
+    url = sites.database_url(args.site)
+    if not url.startswith("postgresql"):
+        return False
+    from replication.pg_source import PgChangeSource
+
+    source = PgChangeSource(url, slot_name(args.site, args.primary))
+    try:
+        return not source.slot_exists()
+    finally:
+        source.close()
 
 
 def reverse_stream(ctx: ActionContext, args: RunArgs) -> dict:

@@ -48,9 +48,14 @@ def story(tmp_path_factory, org, tariff, ray_session):
     tmp = tmp_path_factory.mktemp("failback")
     rig = build_rig(tmp, org, enterprises_count=300, ray_address=ray.get_runtime_context().gcs_address)
     try:
-        yield _tell(rig, tariff)
+        yield tell(rig, tariff)
     finally:
         rig.close()
+
+
+def tell(rig, tariff) -> dict:
+    """Run the story on `rig` (see the module docstring) and return what the checks below read."""
+    return _tell(rig, tariff)
 
 
 def _tell(rig, tariff) -> dict:
@@ -97,7 +102,10 @@ def _tell(rig, tariff) -> dict:
             "failover_run": latest_failover(rig.witness(), "B", "A"), "failback_run": last_run(rig, "failback").run_id}
 
 
-def _head(rig, site_id: str) -> int:
+def _head(rig, site_id: str) -> int | None:
+    """The change log's counter (SQLite only: PostgreSQL's WAL position moves with any write)."""
+    if not rig.settings.database_url(site_id).startswith("sqlite"):
+        return None
     source = SqliteChangeSource(rig.settings.database_url(site_id))
     try:
         return source.head()
@@ -125,19 +133,30 @@ def test_the_quarantine_holds_exactly_the_old_primarys_tail(story):
     assert {(r.table, json.dumps(r.key, sort_keys=True, separators=(",", ":"))) for r in rows} == set(tail)
     assert all(r.position > divergence.positions[partition_of(tail[(r.table, json.dumps(
         r.key, sort_keys=True, separators=(",", ":")))], divergence.partitions)] for r in rows)
-    assert all(r.epoch == 1 for r in rows), "A's rows carry the epoch A wrote under"
     assert _head(rig, "A") == story["a_head"], "moving rows aside and applying B's stream captured nothing on A"
+    check_quarantine_names_what_the_failover_lost(story)
+
+
+def check_quarantine_names_what_the_failover_lost(story) -> None:
+    rig = story["rig"]
+    rows = _held_rows(rig)
+    assert rows and all(r.epoch == 1 for r in rows), "A's rows carry the epoch A wrote under"
     quarantined_numbers = {r.declaration_number[:11] for r in rows if r.declaration_number}
     lost_by_ledger = {n[:11] for n in story["acknowledged_by_a"] if n not in story["on_b_at_failover"]}
     assert lost_by_ledger <= quarantined_numbers, "every declaration A acknowledged that B lacked was moved aside"
     mine = {story["conflict"][:11], story["kept"][:11], story["lost"]["number"][:11]}
     assert mine <= quarantined_numbers
     report = step_result(rig.witness().entries(story["failover_run"]), "report")
-    assert {d["number"][:11] for d in report["lost"]} == quarantined_numbers, \
-        "the failover's RPO list and the quarantine name the same declarations"
+    if report.get("exact"):
+        assert {d["number"][:11] for d in report["lost"]} == quarantined_numbers, \
+            "the failover's RPO list and the quarantine name the same declarations"
 
 
 def test_the_old_primary_is_a_standby_of_the_new_one_and_verify_is_clean(story):
+    check_standby_of_the_new_primary(story)
+
+
+def check_standby_of_the_new_primary(story) -> None:
     rig = story["rig"]
     control = rig.control("A")
     assert (control.role, control.intake_state, control.primary_site) == (SiteRole.STANDBY, IntakeState.FENCED, "B")
@@ -148,6 +167,10 @@ def test_the_old_primary_is_a_standby_of_the_new_one_and_verify_is_clean(story):
 
 
 def test_reconcile_brings_back_every_lost_declaration_that_did_not_change_and_lists_the_conflict(story):
+    check_reconciled(story)
+
+
+def check_reconciled(story) -> None:
     rig, client, declarant = story["rig"], story["client"], story["declarant"]
     conflict, kept, lost = story["conflict"], story["kept"], story["lost"]["number"]
     result = step_result(rig.witness().entries(story["failback_run"]), "reconcile")
@@ -166,12 +189,20 @@ def test_reconcile_brings_back_every_lost_declaration_that_did_not_change_and_li
 
 
 def test_a_client_retrying_an_old_request_through_the_front_gets_its_original_answer(story):
+    check_retry_answered_as_before(story)
+
+
+def check_retry_answered_as_before(story) -> None:
     again = post(story["client"], "/v1/declarations", story["declarant"], story["lost_body"], key="lost-request-1")
     assert again.status_code == 201, again.text
     assert again.json()["number"] == story["lost"]["number"]
 
 
 def test_every_reconcile_decision_is_audited_and_numbers_are_never_reissued(story):
+    check_audited_and_block_raised(story)
+
+
+def check_audited_and_block_raised(story) -> None:
     rig = story["rig"]
     records = [a for a in rig.witness().audit_records(2000) if a.action == "failback.reconcile"]
     assert all(a.operator == "test-operator" for a in records)
@@ -191,6 +222,10 @@ def test_every_reconcile_decision_is_audited_and_numbers_are_never_reissued(stor
 
 
 def test_running_the_failback_again_changes_nothing(story):
+    check_failback_again_changes_nothing(story)
+
+
+def check_failback_again_changes_nothing(story) -> None:
     rig = story["rig"]
     before = [(r.id, r.status, r.decision) for r in _held_rows(rig)]
     again = run_book(rig, "failback", site="A", primary="B")
