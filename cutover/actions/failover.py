@@ -26,7 +26,7 @@ from cutover.actions.failover_journal import divergence_of, step_result
 from cutover.actions.sites import Sites, find_replicator, running_replicator
 from cutover.rpo import RATE_WINDOW_S, compute_report, database_problem, describe
 from cutover.runbook.actions import ActionContext, ActionFailed, ActionRegistry
-from cutover.witness.contract import StaleEpoch, WitnessState
+from cutover.witness.contract import LeaseHeld, StaleEpoch, WitnessState
 from cutover.witness.lease import lease_expired
 from replication.apply import Applier
 from replication.sources import slot_name, stream_name
@@ -227,8 +227,9 @@ def _estimate_inputs(ctx: ActionContext, sites: Sites, standby: str, stream: str
 
 def bump_epoch(ctx: ActionContext, args: BumpArgs) -> dict:
     """Witness CAS: `standby` primary at expected_epoch + 1 (the lease is cleared; the old primary's next renewal
-    answers StaleEpoch). A resumed run that finds it done says so. The old primary's lease is checked once more
-    right before the CAS, so a primary that renewed since the precondition is not replaced under it."""
+    answers StaleEpoch). A resumed run that finds it done says so. The witness's CAS itself requires the old
+    primary's lease to be gone (`lease_expired_by`), in the same transaction: a primary that renewed since the
+    precondition is never replaced under it (LeaseHeld: nothing changed, the step fails and can be retried)."""
     sites: Sites = ctx.services
     state = sites.witness.state()
     decision = bump_decision(state, args.standby, args.expected_epoch)
@@ -240,7 +241,10 @@ def bump_epoch(ctx: ActionContext, args: BumpArgs) -> dict:
         if not verdict.fenced:
             raise ActionFailed(verdict.reason)
         try:
-            state = sites.witness.promote(args.standby, args.expected_epoch)
+            state = sites.witness.promote(args.standby, args.expected_epoch, lease_expired_by=ctx.clock())
+        except LeaseHeld as exc:
+            raise ActionFailed(f"{exc}; the old primary renewed its lease: it is alive, use the switchover "
+                               f"runbook, or wait until it cannot renew") from None
         except StaleEpoch as exc:
             state = sites.witness.state()  # a lost acknowledgement of our own CAS reads as done
             if bump_decision(state, args.standby, args.expected_epoch) != "done":

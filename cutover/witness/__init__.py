@@ -13,6 +13,7 @@ from pathlib import Path
 from cutover.witness.contract import (
     AuditRecord,
     JournalEntry,
+    LeaseHeld,
     RunRecord,
     StaleEpoch,
     Witness,
@@ -21,8 +22,8 @@ from cutover.witness.contract import (
     WitnessUnavailable,
 )
 
-__all__ = ["AuditRecord", "JournalEntry", "RunRecord", "StaleEpoch", "Witness", "WitnessError", "WitnessState",
-           "WitnessUnavailable", "open_witness"]
+__all__ = ["AuditRecord", "JournalEntry", "LeaseHeld", "RunRecord", "StaleEpoch", "Witness", "WitnessError",
+           "WitnessState", "WitnessUnavailable", "open_witness"]
 
 
 def open_witness(url: str, *, root: Path | None = None, clock: Callable[[], float] = time.time,

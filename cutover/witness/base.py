@@ -27,12 +27,14 @@ from cutover.witness import migrate
 from cutover.witness.contract import (
     AuditRecord,
     JournalEntry,
+    LeaseHeld,
     RunRecord,
     StaleEpoch,
     WitnessError,
     WitnessState,
     WitnessUnavailable,
 )
+from cutover.witness.lease import lease_expired
 from cutover.witness.schema import STATE_ROW_ID, audit_log, runbook_journal, runbook_runs, witness_state
 
 T = TypeVar("T")
@@ -121,7 +123,7 @@ class SqlWitness:
             return self._set_state(conn, expected_epoch=0, epoch=1, primary_site=site_id)
         return self._call(f"initialising it with site {site_id}", init)
 
-    def promote(self, site_id: str, expected_epoch: int) -> WitnessState:
+    def promote(self, site_id: str, expected_epoch: int, *, lease_expired_by: float | None = None) -> WitnessState:
         _check_site_id(site_id)
 
         def cas(conn: Connection) -> WitnessState:
@@ -130,6 +132,10 @@ class SqlWitness:
                 raise StaleEpoch(f"cannot promote site {site_id}: the witness is at epoch {row['epoch']} "
                                  f"(primary {row['primary_site'] or 'none'}), not {expected_epoch}; another "
                                  f"promotion came first: re-read the state")
+            if lease_expired_by is not None and not lease_expired(_state(row), lease_expired_by):
+                raise LeaseHeld(f"cannot promote site {site_id}: site {row['lease_holder']} holds the lease until "
+                                f"{row['lease_expires_at']:.3f} (now {lease_expired_by:.3f}); it may still be "
+                                f"writing", holder=row["lease_holder"], expires_at=row["lease_expires_at"])
             return self._set_state(conn, expected_epoch=expected_epoch, epoch=expected_epoch + 1,
                                    primary_site=site_id)
         return self._call(f"promoting site {site_id}", cas)

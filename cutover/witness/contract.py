@@ -9,6 +9,9 @@ manner of Patroni's DCS classes. Every method is a short transaction of its own;
 - `promote(site_id, expected_epoch)` is a compare-and-set: when the current epoch equals `expected_epoch` it sets
   epoch = expected_epoch + 1 and primary = site_id, clears the lease, and returns the new state; otherwise it raises
   StaleEpoch and changes nothing. Every promotion goes through here first: this is what fences the old primary.
+  With `lease_expired_by=now` (a failover: the old primary is not frozen and fenced by the caller) the same
+  transaction also requires the current lease to be gone at `now` (`cutover.witness.lease.lease_expired`), else
+  it raises LeaseHeld and changes nothing: a primary that renewed a moment ago is never replaced under it.
 - `renew_lease(site_id, epoch, ttl_s, now)` extends the lease of the current primary under the current epoch and
   returns the state; a site that is not the primary or holds an older epoch gets StaleEpoch.
 - Runbook journal: `create_run(run)`, `append(run_id, entry) -> seq` (entries are never updated or deleted; seq
@@ -48,6 +51,15 @@ class WitnessError(Exception):
 
 class StaleEpoch(WitnessError):
     """The caller acted on an epoch that is no longer current (another promotion happened first)."""
+
+
+class LeaseHeld(WitnessError):
+    """A promotion that required the current primary's lease to have expired found it still held: nothing changed.
+    `holder` and `expires_at` (seconds since the Unix epoch) say whose lease and until when."""
+
+    def __init__(self, message: str, *, holder: str | None = None, expires_at: float | None = None):
+        super().__init__(message)
+        self.holder, self.expires_at = holder, expires_at
 
 
 class WitnessUnavailable(WitnessError):
@@ -101,7 +113,8 @@ class Witness(Protocol):
 
     def initialise(self, site_id: str) -> WitnessState: ...
 
-    def promote(self, site_id: str, expected_epoch: int) -> WitnessState: ...
+    def promote(self, site_id: str, expected_epoch: int, *, lease_expired_by: float | None = None
+                ) -> WitnessState: ...
 
     def renew_lease(self, site_id: str, epoch: int, ttl_s: float, now: float) -> WitnessState: ...
 

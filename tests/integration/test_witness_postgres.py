@@ -17,6 +17,7 @@ from tests.integration.test_witness_sqlite import (
     check_journal,
     check_lease,
     check_promote_is_compare_and_set,
+    check_promote_requires_an_expired_lease_when_asked,
     check_promote_race_has_one_winner,
     check_schema_matches_the_tables,
 )
@@ -83,6 +84,10 @@ def test_promote_is_compare_and_set(witness):
 
 def test_lease_is_renewed_only_by_the_primary_under_the_current_epoch(witness):
     check_lease(witness)
+
+
+def test_a_failover_promotion_is_refused_while_the_lease_is_held(witness):
+    check_promote_requires_an_expired_lease_when_asked(witness)
 
 
 def test_journal_is_append_only_and_ordered_under_concurrent_appenders(witness, pg_url):  # noqa: F811

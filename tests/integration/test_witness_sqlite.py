@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from cutover.witness import (
     AuditRecord,
+    LeaseHeld,
     RunRecord,
     StaleEpoch,
     WitnessError,
@@ -93,6 +94,21 @@ def check_lease(witness) -> None:
     assert witness.renew_lease("B", 2, 5.0, now=103.0).lease_expires_at == 108.0
     with pytest.raises(ValueError):
         witness.renew_lease("B", 2, 0, now=104.0)
+
+
+def check_promote_requires_an_expired_lease_when_asked(witness) -> None:
+    witness.initialise("A")
+    witness.renew_lease("A", 1, 3.0, now=100.0)
+    with pytest.raises(LeaseHeld, match="site A holds the lease") as held:
+        witness.promote("B", 1, lease_expired_by=102.9)  # a failover while A may still be writing
+    assert (held.value.holder, held.value.expires_at) == ("A", 103.0)
+    assert (witness.state().epoch, witness.state().primary_site) == (1, "A"), "a refused promotion changed nothing"
+    promoted = witness.promote("B", 1, lease_expired_by=103.0)
+    assert (promoted.epoch, promoted.primary_site, promoted.lease_holder) == (2, "B", None)
+    # No lease at all (B never renewed) counts as expired; a switchover (no lease_expired_by) never asks.
+    assert witness.promote("A", 2, lease_expired_by=0.0).primary_site == "A"
+    witness.renew_lease("A", 3, 3.0, now=200.0)
+    assert witness.promote("B", 3).epoch == 4
 
 
 def check_journal(witness, raw_sql) -> None:
@@ -224,6 +240,10 @@ def test_promote_is_compare_and_set(witness):
 
 def test_lease_is_renewed_only_by_the_primary_under_the_current_epoch(witness):
     check_lease(witness)
+
+
+def test_a_failover_promotion_is_refused_while_the_lease_is_held(witness):
+    check_promote_requires_an_expired_lease_when_asked(witness)
 
 
 def test_journal_is_append_only_and_ordered_under_concurrent_appenders(witness, tmp_path):
