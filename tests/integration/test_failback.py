@@ -22,6 +22,7 @@ from replication.divergence import last_images, unapplied_changes
 from replication.replicator import partition_of
 from replication.sqlite_source import SqliteChangeSource
 from standby.domain.states import IntakeState, SiteRole
+from standby.site_process import BackgroundServer, build_site
 from standby.store.schema import number_blocks
 from standbyctl.cli import main
 from tests.integration.http_helpers import get, payload, post
@@ -236,4 +237,24 @@ def check_failback_again_changes_nothing(story) -> None:
     assert [(r.id, r.status, r.decision) for r in _held_rows(rig)] == before
     assert set(running_replicators(rig.tmp)) == {"B-to-A"}
     report = rig.verify("B", "A")
+    assert report.ok, "\n".join(report.summary())
+
+
+def test_after_the_failback_a_switchover_makes_the_old_primary_primary_again_without_reissuing_a_number(story, tariff):
+    rig, client, declarant = story["rig"], story["client"], story["declarant"]
+    site = build_site(rig.settings, "A")  # A's HTTP comes back (the switchover checks it answers)
+    site.services.tokens = rig.tokens
+    http = rig.settings.site("A").http
+    rig.served["A"] = (site, BackgroundServer(site.app, http.host, http.port).start())
+    back = run_book(rig, "switchover", **{"from": "B", "to": "A"})
+    assert back.exit_code == 0, back.output
+    assert (rig.witness().state().primary_site, rig.control("A").role) == ("A", SiteRole.PRIMARY)
+    fresh = post(client, "/v1/declarations", declarant, payload(tariff, rig.tax_codes()[50]))
+    assert fresh.status_code == 201, fresh.text
+    quarantined_sequences = {int(r.declaration_number[1:11]) for r in _held_rows(rig)
+                             if r.declaration_number and r.declaration_number[0] == "1"}
+    number = fresh.json()["number"]
+    assert number[0] == "1" and int(number[1:11]) > max(quarantined_sequences)
+    rig.wait_caught_up("A", "B")
+    report = rig.verify("A", "B")
     assert report.ok, "\n".join(report.summary())
