@@ -100,8 +100,10 @@ def after_renewal(site_id: str, control: SiteControl | None, epoch: int, started
     """What a renewal under `epoch` that started at `started_at` leads to, given the control row now.
 
     RENEWED and the row still PRIMARY at `epoch`, not fenced → WRITE_DEADLINE started_at + self_fence_after_s.
-    SUPERSEDED by a newer epoch naming another site → FENCE (that epoch and primary). Anything else → NOTHING: no
-    answer (the deadline already written stands, and the gate refuses writes once it passes), a row that moved on
+    SUPERSEDED by a newer epoch naming another site → FENCE (that epoch and primary). No answer for a primary that
+    has no deadline yet → WRITE_DEADLINE started_at (it refuses writes until a renewal succeeds: a primary never
+    writes without a lease it once got). Anything else → NOTHING: no answer (the deadline already written stands,
+    and the gate refuses writes once it passes), a row that moved on
     meanwhile, or a witness naming this very site under a newer epoch (a promotion of it under way; the row
     follows through the runbook)."""
     if not keeps_lease(control) or control.epoch != epoch:
@@ -115,6 +117,11 @@ def after_renewal(site_id: str, control: SiteControl | None, epoch: int, started
         return LeaseStep(LeaseMove.NOTHING, reason=f"the witness refused the renewal but names "
                                                    f"{renewal.primary or 'no site'} at epoch {renewal.epoch}: "
                                                    f"{renewal.reason}")
+    if control.lease_until is None:
+        # No deadline yet (just promoted, or serving for the first time) and no lease to be had: without this the
+        # row would admit writes with no deadline at all for as long as the witness stays out of reach.
+        return LeaseStep(LeaseMove.WRITE_DEADLINE, epoch=epoch, until=started_at,
+                         reason=f"no lease yet and none granted: {renewal.reason or 'the witness did not answer'}")
     return LeaseStep(LeaseMove.NOTHING, reason=renewal.reason or "the witness did not answer")
 
 
@@ -234,6 +241,9 @@ class LeaseKeeper:
             self._failed(renewal.reason)
         if step.move is LeaseMove.WRITE_DEADLINE:
             store_site.set_lease(self.engine, self.site_id, epoch=step.epoch, until=step.until, now=self.clock())
+            if renewal.outcome is not RenewalOutcome.RENEWED:  # a primary with no lease yet, refusing writes now
+                log.warning("site %s refuses writes: %s", self.site_id, step.reason)
+                return
             if self._failures or self._fenced_by_lease is not None:
                 log.warning("site %s renewed its lease in the witness again after %d failed renewal(s); it accepts "
                             "writes until %.3f", self.site_id, self._failures, step.until)

@@ -114,9 +114,10 @@ def test_a_hung_renewal_is_waited_for_never_doubled_and_its_late_answer_counts_f
     clock, gate = Clock(3000.0), threading.Event()
     renew = Witness(Renewal(RenewalOutcome.RENEWED), gate)
     lease = keeper(engine, renew, clock)
-    before = read_control(engine, "A").lease_until
-    assert lease.tick().move is LeaseMove.NOTHING  # two attempts of retry_timeout_s each, on the one call
-    assert len(renew.calls) == 1 and read_control(engine, "A").lease_until == before
+    assert read_control(engine, "A").lease_until is None  # a primary that has not held a lease yet
+    first = lease.tick()  # two attempts of retry_timeout_s each, on the one call
+    assert (first.move, first.until) == (LeaseMove.WRITE_DEADLINE, 3000.0), "no lease and no answer: no writes"
+    assert len(renew.calls) == 1 and read_control(engine, "A").lease_until == 3000.0
     clock.at = 3000.4
     gate.set()
     step = lease.tick()

@@ -64,3 +64,10 @@ def test_superseded_without_another_primary_under_a_newer_epoch_does_not_fence(e
 def test_no_answer_does_nothing_the_deadline_written_stands():
     step = after_renewal("A", row(), 3, 200.0, Renewal(R.UNAVAILABLE, reason="connection refused"), LEASE)
     assert (step.move, step.reason) == (LeaseMove.NOTHING, "connection refused")
+
+
+def test_no_answer_for_a_primary_without_a_deadline_fences_it_at_once():
+    # just promoted (promote clears lease_until) and the witness out of reach: no writes without a lease
+    step = after_renewal("A", row(lease_until=None), 3, 200.0, Renewal(R.UNAVAILABLE, reason="timed out"), LEASE)
+    assert (step.move, step.epoch, step.until) == (LeaseMove.WRITE_DEADLINE, 3, 200.0)
+    assert "timed out" in step.reason
