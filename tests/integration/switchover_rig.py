@@ -117,6 +117,10 @@ class Rig:
     def front_url(self) -> str:
         return self.front.url
 
+    def site_url(self, site_id: str) -> str:
+        http = self.settings.site(site_id).http
+        return f"http://{http.host}:{http.port}"
+
     def witness(self):
         return open_witness(self.settings.witness_url, root=self.settings.root)
 
