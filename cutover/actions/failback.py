@@ -12,7 +12,7 @@ conflict). Every action is idempotent: a resumed run repeats its last step and r
 """
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -20,7 +20,7 @@ from cutover.actions.failover_journal import Divergence, NoDivergence, divergenc
 from cutover.actions.sites import Sites
 from cutover.failback import QuarantineStatus, quarantine_tail, quarantined
 from cutover.reconcile import PrimaryNotOpen, Reconciler, group_rows
-from cutover.runbook.actions import ActionContext, ActionFailed, ActionRegistry
+from cutover.runbook.actions import ActionArgs, ActionContext, ActionFailed, ActionRegistry
 from replication.apply import apply_engine
 from replication.divergence import last_images, unapplied_changes
 from replication.errors import ReplicationError
@@ -34,11 +34,7 @@ from standby.store.schema import declarations
 LATEST = "latest"
 
 
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PairArgs(_Args):
+class PairArgs(ActionArgs):
     site: str = Field(description="the old primary, to rebuild as a standby")
     primary: str = Field(description="the current primary")
 

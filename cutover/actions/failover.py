@@ -17,7 +17,7 @@ import signal
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
@@ -25,7 +25,7 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 from cutover.actions.failover_journal import divergence_of, step_result
 from cutover.actions.sites import Sites, find_replicator, running_replicator
 from cutover.rpo import RATE_WINDOW_S, compute_report, database_problem, describe
-from cutover.runbook.actions import ActionContext, ActionFailed, ActionRegistry
+from cutover.runbook.actions import ActionArgs, ActionContext, ActionFailed, ActionRegistry
 from cutover.witness.contract import LeaseHeld, StaleEpoch, WitnessState
 from cutover.witness.lease import lease_expired
 from replication.apply import Applier
@@ -36,11 +36,7 @@ from standby.store import site as site_control
 from standby.store.schema import declarations, replication_state
 
 
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PairArgs(_Args):
+class PairArgs(ActionArgs):
     primary: str = Field(description="the old primary (gone)")
     standby: str = Field(description="the standby that takes over")
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import time
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from cutover.actions.freeze_estimate import estimate_freeze
 from cutover.actions.sites import Sites
-from cutover.runbook.actions import ActionContext, ActionFailed, ActionRegistry
+from cutover.runbook.actions import ActionArgs, ActionContext, ActionFailed, ActionRegistry
 from cutover.witness.contract import StaleEpoch
 from replication.progress import NotCaughtUp, applied_position, committed_position, wait_until_applied
 from replication.promotion import advance_sequences
@@ -25,11 +25,7 @@ from standby.domain.states import IntakeState, SiteRole
 from standby.store import site as site_control
 
 
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SiteArg(_Args):
+class SiteArg(ActionArgs):
     site: str
 
 
@@ -38,12 +34,12 @@ class ResumeArgs(SiteArg):
                                                          "so the freeze observed is the one clients saw")
 
 
-class PairArgs(_Args):
+class PairArgs(ActionArgs):
     primary: str = Field(description="the site that is primary now")
     standby: str = Field(description="the site that takes over")
 
 
-class FreezeArgs(_Args):
+class FreezeArgs(ActionArgs):
     site: str
     hold_s: float = Field(5.0, gt=0, le=300, description="how long a write may be held before it gets 503")
     hold_max: int = Field(10_000, ge=1, description="how many writes may be held at once")
@@ -58,7 +54,7 @@ class EstimateArgs(PairArgs):
     max_lag_s: float = Field(2.0, gt=0, description="a standby further behind than this is not ready")
 
 
-class EpochArgs(_Args):
+class EpochArgs(ActionArgs):
     site: str
     epoch: int = Field(ge=1)
 

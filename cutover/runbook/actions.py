@@ -96,21 +96,24 @@ class ActionRegistry:
         return sorted(self.actions)
 
 
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ActionArgs(BaseModel):
+    """Base of every action's arguments: unknown arguments are refused (a typo in a runbook is an error), and the
+    parsed arguments are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class WaitArgs(_Args):
+class WaitArgs(ActionArgs):
     seconds: float = Field(ge=0, le=3600)
 
 
-class CheckHttpArgs(_Args):
+class CheckHttpArgs(ActionArgs):
     url: str
     expect_status: int = 200
     timeout_s: float = Field(5.0, gt=0, le=300)
 
 
-class FailArgs(_Args):
+class FailArgs(ActionArgs):
     message: str = "failed on purpose"
 
 
