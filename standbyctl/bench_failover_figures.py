@@ -161,7 +161,7 @@ def latency_table(phases: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def verdict(rows: list[dict], final: LedgerCheck | None, verify_ok: bool | None,
+def verdict(rows: list[dict], final: LedgerCheck | None, verify_ok: bool | None, phases: dict | None = None,
             target_s: float = TARGET_RTO_S) -> tuple[str, str | None]:
     """The summary line and the reason a target was missed (None when all were met): every failover and failback
     done, RTO <= target_s at its max, every ledger-lost number named by the report, 0 acknowledged numbers missing
@@ -183,7 +183,9 @@ def verdict(rows: list[dict], final: LedgerCheck | None, verify_ok: bool | None,
                f"RPO by the failover report {sum(reported)} declarations over {len(reported)} failovers "
                f"(max {max(reported) if reported else '—'}); acknowledged numbers missing from the primary after the "
                f"last failback + reconcile {missing[-1] if missing else '—'} ({conflicts} conflicts listed); final ledger {final.describe() if final else '—'}; verify "
-               f"{'—' if verify_ok is None else 'clean' if verify_ok else 'NOT clean'}")
+               f"{'—' if verify_ok is None else 'clean' if verify_ok else 'NOT clean'}"
+               + "".join(f"; green-lane decision {mode} p50 {_n(lat.get('p50_ms'))} ms, p99 {_n(lat.get('p99_ms'))} ms"
+                         for mode, lat in (phases or {}).items()))
     reasons = []
     if any(r.get("failover") is None or r["failover"].status != "done" for r in rows):
         reasons.append("not every failover completed")

@@ -361,7 +361,7 @@ def failover(cli: CliContext, backend: str, kills: int, multiplier: float, warmu
                               log=click.echo)
         except RuntimeError as exc:
             fail(f"{each}: {exc}")
-        summary, failed = verdict(result["rows"], result["final"], result["verify_ok"])
+        summary, failed = verdict(result["rows"], result["final"], result["verify_ok"], result["phases"])
         click.echo(round_table(result["rows"]))
         click.echo(latency_table(result["phases"]))
         for row in result["rows"]:

@@ -124,8 +124,12 @@ def test_latency_table_puts_sync_beside_async():
 
 
 def test_verdict_meets_every_target_with_fast_failovers_and_nothing_missing():
-    summary, failed = verdict([round_row(1, 4.0, []), round_row(2, 3.0, [])], LedgerCheck(200), verify_ok=True)
+    summary, failed = verdict([round_row(1, 4.0, []), round_row(2, 3.0, [])], LedgerCheck(200), verify_ok=True,
+                              phases={"async": {"p50_ms": 19.0, "p99_ms": 54.0}, "sync": {"p50_ms": 47.0,
+                                                                                         "p99_ms": 130.0}})
     assert failed is None
+    assert summary.endswith("verify clean; green-lane decision async p50 19.0 ms, p99 54.0 ms; green-lane decision "
+                            "sync p50 47.0 ms, p99 130.0 ms")
     assert summary.startswith("2 kills: RTO max 4.00 s, median 4.00 s over 2 (target ≤ 5 s); client errors in "
                               "the gaps 2, after them 0; RPO by the failover report 4 declarations over 2")
 
