@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,9 +130,11 @@ class Tokens:
 
     def __init__(self):
         self._made: dict[tuple[Role, str], str] = {}
+        self._lock = threading.Lock()  # tokens are made by client threads while the sites look them up
 
     def _get(self, role: Role, subject: str) -> str:
-        return self._made.setdefault((role, subject), f"t-{role.value}-{subject}-{len(self._made)}")
+        with self._lock:
+            return self._made.setdefault((role, subject), f"t-{role.value}-{subject}-{len(self._made)}")
 
     def declarant(self, tax_code: str) -> str:
         return self._get(Role.DECLARANT, tax_code)
@@ -144,7 +147,9 @@ class Tokens:
 
     def principal(self, token: str):
         """Serves as the site's token registry, so a token made mid-test is known at once."""
-        return TokenRegistry([TokenEntry(token_digest(t), r, s) for (r, s), t in self._made.items()]).principal(token)
+        with self._lock:
+            made = list(self._made.items())
+        return TokenRegistry([TokenEntry(token_digest(t), r, s) for (r, s), t in made]).principal(token)
 
     def __len__(self) -> int:
         return len(self._made)
