@@ -6,13 +6,41 @@ from pathlib import Path
 
 import click
 
-from standbyctl.commands import bench, db, demo, loadtest, replicate, serve, status, tokens, witness
+import importlib
+
 from standbyctl.context import CliContext
 
 DEFAULT_CONFIG = Path("config/standby.yaml")
 
+# Each command's module is imported when the command is used (or `--help` lists them): an operator's `runbook
+# resume` should not wait for Ray, FastAPI and Locust to load. Name -> "module:attribute".
+COMMANDS = {
+    "db": "standbyctl.commands.db:db", "seed": "standbyctl.commands.db:seed",
+    "serve": "standbyctl.commands.serve:serve",
+    "status": "standbyctl.commands.status:status", "tokens": "standbyctl.commands.tokens:tokens",
+    "demo": "standbyctl.commands.demo:demo", "bench": "standbyctl.commands.bench:bench",
+    "replicate": "standbyctl.commands.replicate:replicate", "verify": "standbyctl.commands.replicate:verify",
+    "loadtest": "standbyctl.commands.loadtest:loadtest", "witness": "standbyctl.commands.witness:witness",
+    "runbook": "standbyctl.commands.runbook:runbook", "front": "standbyctl.commands.front:front",
+    "watch": "standbyctl.commands.watch:watch", "failover": "standbyctl.commands.failover:failover",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+
+class LazyCommands(click.Group):
+    """A group whose subcommands are imported on first use (click's documented lazy-loading pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attribute = target.split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+@click.group(cls=LazyCommands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--config", "config", type=click.Path(path_type=Path), default=DEFAULT_CONFIG, show_default=True,
               envvar="STANDBY_CONFIG", help="settings file (YAML); relative paths in it resolve against its root")
 @click.option("--ray-address", default=None, help="join this Ray cluster (e.g. 'auto') instead of a local Ray")
@@ -30,15 +58,6 @@ def main(ctx: click.Context, config: Path, ray_address: str | None) -> None:
     Or `standbyctl demo` for all of it plus a few hundred declarations through the HTTP API.
     """
     ctx.obj = CliContext(config, {"ray": {"address": ray_address}} if ray_address else {})
-
-
-for command in (db.db, db.seed, serve.serve, status.status, tokens.tokens, demo.demo, bench.bench,
-                replicate.replicate, replicate.verify, loadtest.loadtest, witness.witness):
-    main.add_command(command)
-main.add_command(__import__("standbyctl.commands.runbook", fromlist=["runbook"]).runbook)
-main.add_command(__import__("standbyctl.commands.front", fromlist=["front"]).front)
-main.add_command(__import__("standbyctl.commands.watch", fromlist=["watch"]).watch)
-main.add_command(__import__("standbyctl.commands.failover", fromlist=["failover"]).failover)
 
 
 if __name__ == "__main__":
