@@ -54,12 +54,13 @@ def story(tmp_path_factory, org, tariff, ray_session):
         rig.close()
 
 
-def tell(rig, tariff) -> dict:
-    """Run the story on `rig` (see the module docstring) and return what the checks below read."""
-    return _tell(rig, tariff)
+def tell(rig, tariff, fail_back=None) -> dict:
+    """Run the story on `rig` (see the module docstring) and return what the checks below read. `fail_back(rig)`
+    runs the failback and returns something with `exit_code` and `output` (default: one uninterrupted run)."""
+    return _tell(rig, tariff, fail_back or (lambda r: run_book(r, "failback", site="A", primary="B")))
 
 
-def _tell(rig, tariff) -> dict:
+def _tell(rig, tariff, fail_back) -> dict:
     codes = rig.tax_codes()
     client = httpx.Client(base_url=rig.front_url, timeout=120)
     declarant = rig.tokens.declarant(codes[50])
@@ -92,7 +93,7 @@ def _tell(rig, tariff) -> dict:
         on_b = post(client, f"/v1/declarations/{conflict}/registration", declarant)  # B changes it too
         assert on_b.status_code == 200, on_b.text
         time.sleep(1.0)
-        failback = run_book(rig, "failback", site="A", primary="B")
+        failback = fail_back(rig)
         assert failback.exit_code == 0, failback.output
         time.sleep(0.5)
     finally:

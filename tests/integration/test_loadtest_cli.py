@@ -78,18 +78,18 @@ def _check_run(done: subprocess.CompletedProcess, out: Path, site) -> dict[str, 
 
 
 def test_a_steady_3x_run_judges_reports_and_revokes_its_tokens(site, tmp_path):
-    done, out = _loadtest(site, tmp_path, "--multiplier", "3", "--duration", "8s",
+    done, out = _loadtest(site, tmp_path, "--multiplier", "3", "--duration", "6s",
                           "--loadtest-config", str(_profile(tmp_path)))
     _check_run(done, out, site)
-    assert "Locust: steady at 3x design for 8s" in done.stdout
+    assert "Locust: steady at 3x design for 6s" in done.stdout
 
 
 def test_the_spike_over_two_locust_worker_processes(site, tmp_path):
-    """The first-day-after-cutover spike, scaled down (300 declarations in a 7.5 s burst between 2 s at 1x), with
+    """The first-day-after-cutover spike, scaled down (300 declarations in a 5 s burst between 2 s at 1x), with
     --workers 2: both worker processes generate load and write their latency logs."""
-    profile = _profile(tmp_path, spike={"declarations": 300, "window_hours": 12, "compression": 5760,
+    profile = _profile(tmp_path, spike={"declarations": 300, "window_hours": 12, "compression": 8640,
                                         "before_s": 2, "after_s": 2, "ramp_s": 1})
-    done, out = _loadtest(site, tmp_path, "--shape", "spike", "--duration", "12s", "--workers", "2",
+    done, out = _loadtest(site, tmp_path, "--shape", "spike", "--duration", "9s", "--workers", "2",
                           "--loadtest-config", str(profile))
     _check_run(done, out, site)
     log = (out / "locust.log").read_text()
