@@ -75,8 +75,9 @@ def replicators_out_of(dep: Deployment, site: str) -> list[int]:
 
 
 def kill_site(dep: Deployment, site: str) -> tuple[float, dict]:
-    """SIGKILL every process of `site` at once: serve's process group, its Ray workers, the replicator out of it.
-    Returns the kill's Unix time and what was killed; `survivors` lists workers still alive 10 s later."""
+    """SIGKILL every process of `site` at once: serve's process group, its Ray workers, the replicator out of it and
+    its watch (when one runs). Returns the kill's Unix time (taken just before the first signal) and what was
+    killed; `survivors` lists workers still alive 10 s later (none is expected: SIGKILL, and their owner is dead)."""
     from standby.processes import pid_alive
 
     workers, replicators = site_worker_pids(site), replicators_out_of(dep, site)
