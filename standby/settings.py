@@ -157,6 +157,9 @@ class WatchSettings(_Strict):
                                                                        "expired, before an automatic failover")
     flap_guard_s: float = Field(600.0, ge=0, description="no second automatic failover within this many seconds "
                                                          "of the last one")
+    refused_retry_s: float = Field(30.0, ge=0, description="after an automatic failover its runbook refused "
+                                                           "(preconditions failed, nothing changed), the next "
+                                                           "attempt may come this soon instead of flap_guard_s")
 
 
 class Settings(_Strict):

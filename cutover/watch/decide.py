@@ -97,6 +97,7 @@ class Observation:
     standby_rule: str = ""  # why that site (or why none)
     runs_in_progress: tuple[str, ...] = ()
     last_auto_failover_at: float | None = None
+    last_auto_failover_refused: bool = False  # its runbook refused it: nothing changed, a shorter guard applies
 
 
 @dataclass(frozen=True)
@@ -205,12 +206,16 @@ def _eligibility(obs: Observation, primary: str) -> tuple[Rule, str] | None:
 
 
 def _flap_guard(obs: Observation, settings: WatchSettings) -> str | None:
-    """Why the flap guard holds now, or None."""
+    """Why the flap guard holds now, or None. A last attempt its runbook refused (nothing changed) holds only for
+    refused_retry_s: a standby briefly unready must not keep automatic failover off for the whole flap guard."""
     last = obs.last_auto_failover_at
-    if last is None or obs.now - last >= settings.flap_guard_s:
+    period, what = ((settings.refused_retry_s, "automatic failover attempt (refused by its preconditions, nothing "
+                                               "changed)") if obs.last_auto_failover_refused else
+                    (settings.flap_guard_s, "automatic failover"))
+    if last is None or obs.now - last >= period:
         return None
-    return (f"the last automatic failover was at {_clock(last)} ({obs.now - last:.0f} s ago) and the flap guard "
-            f"allows none within {settings.flap_guard_s:g} s (until {_clock(last + settings.flap_guard_s)})")
+    return (f"the last {what} was at {_clock(last)} ({obs.now - last:.0f} s ago) and the flap guard allows none "
+            f"within {period:g} s (until {_clock(last + period)})")
 
 
 def _verdict(rule: Rule, reason: str, *, primary: str | None = None, epoch: int | None = None,

@@ -13,7 +13,8 @@ Contract (`WatchLoop`):
 - FAIL_OVER: its `watch.decide` audit is written first and must succeed (it is what the flap guard of every watch
   reads, so a failover with no record could be repeated); then `run_failover(old_primary, this_site)` runs the
   failover runbook; its outcome is audited as `watch.failover` (outcome: the run's status). A failed attempt counts
-  for the flap guard too: the watch never retries a failover by itself within flap_guard_s.
+  for the flap guard too: the watch never retries a failover by itself within flap_guard_s (refused_retry_s when
+  the runbook refused it: its preconditions failed and nothing changed).
 - `run()` ticks every watch.interval_s until `should_stop()`; `once()` makes one observation (up to
   failures_before_failover checks, fewer when the decision does not hinge on more) and returns its verdict.
 - Nothing raised by a health check, the witness or this site's database ends the loop: it becomes the decision.
@@ -75,10 +76,17 @@ def check_readyz(http: httpx.Client, url: str, timeout_s: float) -> tuple[bool, 
     return False, f"/readyz answered {answer.status_code}" + (f" {code}" if code else "")
 
 
-def last_automatic_failover(records: Iterable[AuditRecord]) -> float | None:
-    """When the newest automatic failover was decided (a `watch.decide` record with outcome fail_over)."""
-    times = [r.at for r in records if r.action == DECIDE_ACTION and r.outcome == Decision.FAIL_OVER.value]
-    return max(times, default=None)
+def last_automatic_failover(records: Iterable[AuditRecord]) -> tuple[float | None, bool]:
+    """When the newest automatic failover was decided (a `watch.decide` record with outcome fail_over), and whether
+    its runbook refused it (the `watch.failover` record after it, from the same site, has outcome refused)."""
+    records = list(records)
+    decided = max((r for r in records if r.action == DECIDE_ACTION and r.outcome == Decision.FAIL_OVER.value),
+                  key=lambda r: r.at, default=None)
+    if decided is None:
+        return None, False
+    outcome = next((r.outcome for r in sorted(records, key=lambda r: r.at)
+                    if r.action == FAILOVER_ACTION and r.target == decided.target and r.at >= decided.at), None)
+    return decided.at, outcome == RunStatus.REFUSED.value
 
 
 def unfinished_runs(runs: Iterable[RunRecord]) -> tuple[str, ...]:
@@ -149,15 +157,16 @@ class WatchLoop:
             standby, why = (configured_standby(state.primary_site, self.settings.sites,
                                                self.settings.sync.standby_of(state.primary_site))
                             if state.primary_site else (None, ""))
-            runs, last_auto = (), None
+            runs, last_auto, refused = (), None, False
             if failures >= self.settings.watch.failures_before_failover:  # only then can decide() look at them
                 runs = unfinished_runs(self.witness.runs(RUN_SCAN))
-                last_auto = last_automatic_failover(self.witness.audit_records(AUDIT_SCAN))
+                last_auto, refused = last_automatic_failover(self.witness.audit_records(AUDIT_SCAN))
         except WitnessError as exc:
             return Observation(self.site, self.clock(), None, witness_error=str(exc))
         return Observation(self.site, now, state, local_role=local[0], local_primary=local[1], local_error=local[2],
                            failures=failures, last_failure=self.history.last_failure, configured_standby=standby,
-                           standby_rule=why, runs_in_progress=runs, last_auto_failover_at=last_auto)
+                           standby_rule=why, runs_in_progress=runs, last_auto_failover_at=last_auto,
+                           last_auto_failover_refused=refused)
 
     def _check_primary(self, state: WitnessState) -> WitnessState:
         """Health-check the primary `state` names (unless it is this site) and return a fresh state."""

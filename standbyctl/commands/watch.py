@@ -57,7 +57,8 @@ def watch(cli: CliContext, site_id: str, auto: bool, operator: str | None, once:
          only other site (else NOT_ELIGIBLE: another site's watch acts, or an operator);
       4. no runbook run is unfinished (BLOCKED_BY_RUN: resume or abort it first);
       5. the flap guard: no automatic failover in the last watch.flap_guard_s seconds, by any site's watch (read
-         from the witness's audit, so it holds across restarts) (else BLOCKED_BY_FLAP_GUARD);
+         from the witness's audit, so it holds across restarts), or watch.refused_retry_s when that last attempt
+         was refused by the runbook's preconditions and changed nothing (else BLOCKED_BY_FLAP_GUARD);
       6. --auto is given. Without it the decision is OBSERVE_ONLY: it says what automatic mode would do, and an
          operator runs `standbyctl runbook run failover --param from=OLD --param to=SITE`.
     \b
@@ -228,7 +229,8 @@ class ConsolePrinter(WatchObserver):
         then = {RunStatus.DONE.value: "",
                 RunStatus.REFUSED.value: "; nothing was changed: fix the cause, then run the failover by hand"}.get(
             result.status, f"; `standbyctl runbook status {run}` shows where it stopped: resume or abort it")
-        guard = "" if done else "; no automatic failover again within the flap guard"
+        guard = ("" if done else "; no automatic failover again within watch.refused_retry_s"
+                 if result.status == RunStatus.REFUSED.value else "; no automatic failover again within the flap guard")
         self.say(f"failover run {run}: [{'green' if done else 'red'}]{result.status}[/]"
                  + (f" ({escape(result.reason)})" if result.reason else "") + then + guard)
 

@@ -161,8 +161,23 @@ def test_the_last_automatic_failover_is_the_newest_fail_over_decision_in_the_aud
     records = [_audit("watch.decide", "blocked_by_flap_guard", 30.0), _audit("watch.failover", "done", 21.0),
                _audit("watch.decide", "fail_over", 20.0), _audit("runbook.run", "started", 20.5),
                _audit("watch.decide", "fail_over", 5.0)]
-    assert last_automatic_failover(records) == 20.0
-    assert last_automatic_failover([_audit("watch.decide", "wait", 1.0)]) is None
+    assert last_automatic_failover(records) == (20.0, False)
+    assert last_automatic_failover([_audit("watch.decide", "wait", 1.0)]) == (None, False)
+
+
+def test_a_last_automatic_failover_its_runbook_refused_is_told_apart():
+    refused = [_audit("watch.failover", "refused", 20.4), _audit("watch.decide", "fail_over", 20.0),
+               _audit("watch.failover", "done", 5.2), _audit("watch.decide", "fail_over", 5.0)]
+    assert last_automatic_failover(refused) == (20.0, True)
+    assert last_automatic_failover(refused[1:]) == (20.0, False), "no outcome yet (running): the full guard"
+
+
+def test_a_refused_attempt_holds_the_guard_only_for_refused_retry_s():
+    assert SETTINGS.refused_retry_s == 30
+    blocked = verdict(replace(DUE, last_auto_failover_at=NOW - 29, last_auto_failover_refused=True))
+    assert blocked.decision is Decision.BLOCKED_BY_FLAP_GUARD and "refused by its preconditions" in blocked.reason
+    again = verdict(replace(DUE, last_auto_failover_at=NOW - 30, last_auto_failover_refused=True))
+    assert again.decision is Decision.FAIL_OVER
 
 
 def test_unfinished_runs_are_those_not_in_a_terminal_status():
