@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cutover.orgchange import ChangeSetError, Resolver, UnitKind, UnknownCode, load_changeset, summarise, validate
-from standbyctl.context import fail
+from standbyctl.context import CliContext, fail, pass_cli
 
 SHIPPED = "config/changesets/vn-2025-two-tier/changeset.yaml"
 
@@ -38,7 +38,11 @@ def _load(file: Path):
 
 @orgchange.command("validate", short_help="check a change set; list every bad row")
 @click.argument("file", type=click.Path(path_type=Path))
-def validate_cmd(file: Path) -> None:
+@click.option("--site", "site_id", default=None, metavar="ID",
+              help="also count what the change set would touch on this site (read-only): enterprises, open "
+                   "declarations, offices and officers per old province, totals per fate, and site codes it lacks")
+@pass_cli
+def validate_cmd(cli: CliContext, file: Path, site_id: str | None) -> None:
     """Check the change set FILE (its changeset.yaml, or the directory holding it).
 
     Exit 0 and print the counts per fate per kind when it is valid. Exit 1 and list EVERY bad row (file, line,
@@ -56,6 +60,27 @@ def validate_cmd(file: Path) -> None:
     click.echo(f"change set {m.id} is valid: {m.from_version} -> {m.to_version}, effective {m.effective_at.isoformat()}")
     for kind, counts in summarise(changeset).items():
         click.echo(f"  {kind}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if site_id is not None:
+        _report_site(cli, changeset, site_id)
+
+
+def _report_site(cli: CliContext, changeset, site_id: str) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from cutover.orgchange.touch import read_touch, touch_lines
+    from standby.store.engine import make_engine
+
+    cli.check_site(site_id)
+    engine = make_engine(cli.settings.database_url(site_id), writer=False)
+    try:
+        touch = read_touch(engine, changeset.manifest.effective_at.date())
+    except OperationalError as exc:
+        fail(f"site {site_id}: database unreadable ({exc.orig}); run `standbyctl db upgrade --site {site_id}`", 1)
+    finally:
+        engine.dispose()
+    click.echo(f"on site {site_id} (read-only counts, addresses in the {changeset.manifest.from_version} map):")
+    for line in touch_lines(changeset, touch):
+        click.echo(line)
 
 
 @orgchange.command("resolve", short_help="old codes on stdin -> CSV of successors on stdout")

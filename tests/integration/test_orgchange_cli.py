@@ -56,3 +56,36 @@ def test_resolve_provinces_exits_0_when_all_are_known() -> None:
 def test_resolve_refuses_an_invalid_change_set(tmp_path: Path) -> None:
     result = run("resolve", str(write_changeset(tmp_path, wards=WARDS[:2])), "--kind", "ward", stdin="00001\n")
     assert result.exit_code == 2 and "not a valid change set" in result.stderr and result.stdout == ""
+
+
+def test_validate_with_site_counts_what_the_change_set_touches_read_only(tmp_path: Path, org, tariff, rules) -> None:
+    from sqlalchemy import update
+
+    from standby.store.engine import make_engine
+    from standby.store.schema import declarations
+    from standby.store.seed import seed
+    from tests.conftest import make_site_db
+
+    site = make_site_db(tmp_path, org, enterprises_count=300, officers_per_section=1)
+    engine = make_engine(site.url)
+    seed(engine, org, declarations_count=12, tariff=tariff, rules=rules)  # closed (cleared) declarations
+    with engine.begin() as conn:  # reopen three: only open declarations are counted
+        bases = [r[0] for r in conn.execute(declarations.select().with_only_columns(declarations.c.base).limit(3))]
+        conn.execute(update(declarations).where(declarations.c.base.in_(bases)).values(state="pre_declared"))
+    engine.dispose()
+    before = (tmp_path / "site-a.db").read_bytes()
+    result = CliRunner().invoke(main, ["--config", str(tmp_path / "settings-A.yaml"), "orgchange", "validate",
+                                       str(SHIPPED), "--site", "A"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "on site A (read-only counts, addresses in the legacy map):" in lines
+    province_lines = [line for line in lines if line.startswith("  province ")]
+    assert len(province_lines) == 63  # every legacy province has a synthetic office
+    assert any(line.startswith("  province 02 merged -> 08: ") for line in province_lines)
+    totals = [line for line in lines if line.startswith("  provinces ")]
+    enterprises = sum(int(line.split("enterprises ")[1].split(",")[0]) for line in totals)
+    open_declarations = sum(int(line.split("open declarations ")[1].split(",")[0]) for line in totals)
+    offices = sum(int(line.split("offices ")[1].split(",")[0]) for line in totals)
+    assert (enterprises, open_declarations, offices) == (300, 3, 63)
+    assert not any("UNMAPPED" in line for line in lines)
+    assert (tmp_path / "site-a.db").read_bytes() == before
