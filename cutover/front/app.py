@@ -21,6 +21,10 @@ connection) is parked in a `standby.api.hold.HoldQueue`, the site's own primitiv
 write arriving while others are held queues behind them. Held writes are released together, in the order they were
 held, when the witness names a new primary, when a held write is answered, or when the primary's /readyz says it
 takes writes; each is then sent again with the same headers and body.
+
+Reads are never held. A read that no primary answers (none named, or the one named unreachable: a failover's gap)
+goes to the first other site that answers it, a standby serving what it has applied, and comes back marked
+`X-Read-From: standby` (counted in front_standby_reads_total); only when no site answers is it refused.
 """
 from __future__ import annotations
 
@@ -201,7 +205,28 @@ class Front:
             await asyncio.to_thread(self.watch.poll)  # the read goes at once to whoever the witness names now
             if decision.action is Action.FORWARD:
                 decision = Decision(Action.FORWARD, self.primary)
+        if decision.refusal is not None and decision.refusal.code in routing.READ_ELSEWHERE_CODES:
+            answer = await self._read_elsewhere(out, decision.refusal.primary_site)
+            if answer is not None:
+                self._observe_overhead(arrived, answer.seconds)
+                self.metrics.standby_reads.inc()
+                response = self._deliver(answer, out.method)
+                response.raw_headers += [(b"x-read-from", b"standby")]
+                return response
         return self._refuse(decision.refusal)
+
+    async def _read_elsewhere(self, out: Outgoing, unreachable: str | None) -> Answer | None:
+        """No primary answers a read (a failover's gap): the first other site that answers it does. A standby serves
+        reads from what it has applied, a moment behind the primary at most; `X-Read-From: standby` says so. None
+        when no site answers (the caller refuses the read as before)."""
+        epoch = self.watch.state.epoch if self.watch.state else 0
+        for site, url in self.site_urls.items():
+            if site == unreachable:
+                continue
+            answer = await self._forward(routing.Primary(site, url, epoch), out)
+            if isinstance(answer, Answer) and answer.status < 500:
+                return answer
+        return None
 
     async def _write(self, out: Outgoing, ticket: _Ticket) -> Response:
         response = await self._try_write(out, ticket)  # the common case, without building a retry loop

@@ -32,6 +32,8 @@ class FrontMetrics:
         self.primary_site = Gauge("front_primary_site", "1 for the site the witness names as primary",
                                   ["site"], registry=r)
         self.witness_errors = Counter("front_witness_errors_total", "Witness lookups that failed", registry=r)
+        self.standby_reads = Counter("front_standby_reads_total", "Reads no primary answered, answered by another "
+                                                                  "site (a standby) instead", registry=r)
 
     def show_primary(self, epoch: int, primary_site: str | None, sites: list[str]) -> None:
         self.primary_epoch.set(epoch)

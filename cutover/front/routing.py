@@ -109,6 +109,10 @@ def hold_full(hold_max_requests: int) -> Refusal:
                                       "the same Idempotency-Key")
 
 
+# A read refused for one of these goes to another site that answers (a standby serves reads) before it is refused.
+READ_ELSEWHERE_CODES = frozenset({"primary_unreachable", "no_primary"})
+
+
 def primary_unreachable(primary: Primary | None) -> Refusal:
     where = f"site {primary.site}" if primary else "the primary"
     return Refusal("primary_unreachable", f"{where} could not be reached; retry after the number of seconds in "

@@ -377,14 +377,14 @@ def test_writes_over_the_hold_count_bound_get_503_front_hold_full_and_the_held_o
 
 
 def test_reads_are_never_held(pair, start_front):
-    """With no primary a read is refused at once (no_primary), not held; while a write is held, reads still go."""
+    """With no primary named a read is answered at once by a site that answers reads (marked X-Read-From: standby),
+    not held; while a write is held, reads still go."""
     site_primary(pair, "A")
     running = start_front(initialise=None, hold_max_s=120)
     token = {"Authorization": f"Bearer {pair.token(4)}"}
     with httpx.Client(base_url=running.url, timeout=120) as client:
         read = client.get("/v1/site", headers=token)
-        refusal(read, 503, "no_primary")
-        assert read.headers["retry-after"]
+        assert read.status_code == 200 and read.headers["x-read-from"] == "standby", read.text
         assert metric(running.url, "front_held_total") == 0
 
         thread, box = in_background(post_declaration, client, pair, 4)
@@ -483,6 +483,22 @@ def test_a_read_whose_connection_broke_is_sent_once_more_at_once(pair, start_fro
         assert metric(running.url, "front_held_total") == 0  # sent again at once, never held
     finally:
         proxy.stop()
+
+
+def test_a_read_no_primary_answers_is_answered_by_the_standby_and_says_so(pair, start_front):
+    """A failover's gap: the witness still names A, whose address answers nothing; the read is served by B (a standby
+    serves reads) and marked X-Read-From: standby, instead of 503 primary_unreachable. A write is still held."""
+    site_primary(pair, "A")
+    nowhere = pair.a.db.settings.site("A").model_copy(update={"http": HttpSettings(port=free_port())})
+    running = start_front(sites={"A": nowhere, "B": pair.b.db.settings.site("B")}, hold_max_s=0.5)
+    with httpx.Client(base_url=running.url, timeout=60) as client:
+        token = {"Authorization": f"Bearer {pair.token(7)}"}
+        shown = client.get("/v1/site", headers=token)
+        assert shown.status_code == 200 and shown.json()["site"] == "B", shown.text
+        assert (shown.headers["x-read-from"], shown.headers["x-standby-site"]) == ("standby", "B")
+        assert metric(running.url, "front_standby_reads_total") == 1
+        write = post_declaration(client, pair, 7)
+        refusal(write, 503, "front_held_too_long")  # writes never go to a standby
 
 
 # --- a site stops mid-stream -----------------------------------------------------------------------------------------
