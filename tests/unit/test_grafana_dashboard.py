@@ -1,7 +1,7 @@
 """The SRE Grafana dashboard (config/grafana/standby-clearance.json) is valid and uses only metrics that exist.
 
-Every metric name in a PromQL expression must be exported by SiteMetrics, ReplicationMetrics or RunbookMetrics (the
-runbook process's /metrics, config/grafana/README.md "Runbook metrics").
+Every metric name in a PromQL expression must be exported by SiteMetrics, ReplicationMetrics, RunbookMetrics (the
+runbook process's /metrics, config/grafana/README.md "Runbook metrics"), FrontMetrics or WatchMetrics.
 """
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from cutover.front.metrics import FrontMetrics
 from cutover.runbook.metrics import RunbookMetrics
+from cutover.watch.metrics import WatchMetrics
 from replication.metrics import ReplicationMetrics
 from standby.api.metrics import SiteMetrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "config" / "grafana" / "standby-clearance.json"
 README = DASHBOARD.parent / "README.md"
-METRIC = re.compile(r"\b(?:clearance|replication|runbook)_[a-z_]+")
+METRIC = re.compile(r"\b(?:clearance|replication|runbook|standby|front|watch)_[a-z_]+")
 SUFFIXES = ("", "_bucket", "_count", "_sum", "_total")
 
 # Planned by issue 4 (the first four) and exported by RunbookMetrics under exactly these names, types and labels.
@@ -69,7 +71,8 @@ def runbook_registry():
 
 def exported_names() -> set[str]:
     names = set()
-    for registry in (SiteMetrics("A").registry, ReplicationMetrics("s").registry, runbook_registry()):
+    for registry in (SiteMetrics("A").registry, ReplicationMetrics("s").registry, runbook_registry(),
+                     FrontMetrics().registry, WatchMetrics("B").registry):
         for family in registry.collect():
             names.update(family.name + suffix for suffix in SUFFIXES)
             names.update(sample.name for sample in family.samples)
@@ -107,10 +110,16 @@ def test_every_panel_has_title_description_datasource_and_target(dashboard):
 
 def test_rows_in_order_and_all_expanded(dashboard):
     rows = [p for p in dashboard["panels"] if p["type"] == "row"]
-    assert [r["title"].split()[0] for r in rows] == ["Sites", "Intake", "Latency", "Replication", "Runbooks"]
+    assert [r["title"].split()[0] for r in rows] == ["Sites", "Intake", "Latency", "Replication", "Runbooks",
+                                                     "Failover"]
     assert all(not r["collapsed"] and not r["panels"] for r in rows)  # expanded rows keep panels at top level
-    runbook_panels = dashboard["panels"][dashboard["panels"].index(rows[-1]) + 1:]
+    panels = dashboard["panels"]
+    runbook_panels = panels[panels.index(rows[-2]) + 1:panels.index(rows[-1])]
     assert len(runbook_panels) >= 7 and not any("PLANNED" in p["description"] for p in runbook_panels)
+    failover_panels = panels[panels.index(rows[-1]) + 1:]
+    used = {name for p in failover_panels for expr in queries(p) for name in METRIC.findall(expr)}
+    assert {"standby_lease_remaining_seconds", "standby_sync_mode", "watch_decision",
+            "front_standby_reads_total"} <= used, used
 
 
 def test_expressions_are_balanced(dashboard):
@@ -125,7 +134,7 @@ def test_every_metric_used_exists(dashboard):
     used = {name for expr in queries(dashboard) for name in METRIC.findall(expr)}
     assert used, "no metric names found in the dashboard"
     unknown = used - exported
-    assert not unknown, f"metrics not exported by SiteMetrics/ReplicationMetrics/RunbookMetrics: {sorted(unknown)}"
+    assert not unknown, f"metrics not exported by the sites, replication, runbooks, front or watch: {sorted(unknown)}"
     assert {n for n in used if n.startswith("runbook_")} >= {"runbook_state", "runbook_step_index",
                                                              "runbook_steps_total", "runbook_freeze_seconds_bucket",
                                                              "runbook_step_duration_seconds_sum"}
