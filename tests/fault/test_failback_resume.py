@@ -12,14 +12,13 @@ listed, an old request retried through the front is answered as before, every de
 failback changes nothing."""
 from __future__ import annotations
 
-import signal
 import sys
 from dataclasses import dataclass
 
 import pytest
 import ray
 
-from tests.fault.test_switchover_resume import DYING_CLI, _current_run, _journal, _run_ids, _start, _wait_dead
+from tests.fault.test_switchover_resume import _start, _wait_dead, run_killed_after_intent
 from tests.integration import test_failback as story_of
 from tests.integration.switchover_rig import build_rig
 
@@ -41,27 +40,11 @@ def _cli(rig, *args: str) -> list[str]:
             "--metrics-port", "0"]
 
 
-def _dying(rig, argv: list[str], step: str) -> None:
-    """Run the CLI copy that SIGKILLs its process group right after `step`'s intent is journaled."""
-    script = rig.tmp / "dying_cli.py"
-    script.write_text(DYING_CLI.format(repo=str(rig.settings.root)))
-    log = rig.tmp / "failback-runbook.log"
-    proc = _start([sys.executable, str(script), *argv], log, env={"DIE_AFTER_INTENT_OF": step})
-    assert _wait_dead(proc) == -signal.SIGKILL, log.read_text()[-3000:]
-
-
 def _killed_at_every_step(rig) -> Finished:
-    known = _run_ids(rig)
-    _dying(rig, _cli(rig, "run", "failback", "--param", "site=A", "--param", "primary=B"), STEPS[0])
-    witness = rig.witness()
-    try:
-        run_id = _current_run(witness, known).run_id
-    finally:
-        witness.close()
-    assert _journal(rig, run_id)[-1] == (STEPS[0], "intent")
-    for step in STEPS[1:]:
-        _dying(rig, _cli(rig, "resume", run_id), step)
-        assert _journal(rig, run_id)[-1] == (step, "intent"), f"the resume died right after {step}'s intent"
+    run_id = run_killed_after_intent(rig, _cli(rig, "run", "failback", "--param", "site=A", "--param", "primary=B"),
+                                     STEPS[0])
+    for step in STEPS[1:]:  # each resume carries out the interrupted step, then dies after the next one's intent
+        run_killed_after_intent(rig, _cli(rig, "resume", run_id), step, run_id=run_id)
     log = rig.tmp / "failback-resume.log"
     code = _wait_dead(_start([sys.executable, "-m", "standbyctl.cli", *_cli(rig, "resume", run_id)], log))
     return Finished(code, log.read_text()[-3000:])

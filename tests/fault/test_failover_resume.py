@@ -27,7 +27,7 @@ from cutover.runbook.plan import RunStatus
 from replication.sources import stream_name
 from replication.streams import prepare_stream
 from standby.domain.states import IntakeState, SiteRole
-from tests.fault.test_switchover_resume import DYING_CLI, _current_run, _journal, _run_ids, _start, _wait_dead
+from tests.fault.test_switchover_resume import _start, _wait_dead, run_killed_after_intent
 from tests.integration.switchover_rig import Traffic, build_rig, running_replicators
 
 pytestmark = [pytest.mark.fault, pytest.mark.ray, pytest.mark.timeout(900)]
@@ -62,21 +62,8 @@ def _write_tail(rig, tariff, iteration: int) -> dict[str, dict]:
 
 
 def _killed_on_boundary(rig, source: str, target: str, step: str) -> str:
-    known = _run_ids(rig)
-    script = rig.tmp / "dying_cli.py"
-    script.write_text(DYING_CLI.format(repo=str(rig.settings.root)))
-    proc = _start([sys.executable, str(script), *_cli(rig, "run", "failover", "--param", f"from={source}",
-                                                      "--param", f"to={target}")],
-                  rig.tmp / "runbook.log", env={"DIE_AFTER_INTENT_OF": step})
-    assert _wait_dead(proc) == -signal.SIGKILL, (rig.tmp / "runbook.log").read_text()[-3000:]
-    witness = rig.witness()
-    try:
-        run = _current_run(witness, known)
-    finally:
-        witness.close()
-    assert run is not None
-    assert _journal(rig, run.run_id)[-1] == (step, "intent"), "killed right after the step's intent, before it acted"
-    return run.run_id
+    return run_killed_after_intent(rig, _cli(rig, "run", "failover", "--param", f"from={source}",
+                                             "--param", f"to={target}"), step)
 
 
 def _resume(rig, run_id: str) -> None:

@@ -130,22 +130,29 @@ def _wait_dead(proc: subprocess.Popen, timeout_s: float = 300) -> int:
         _kill_group(proc)  # only when the wait itself failed (timeout, interrupt): a process never outlives the test
 
 
-def _killed_on_boundary(rig, source: str, target: str, step: str) -> str:
-    """`runbook run` that dies right after step's intent is journaled; returns the run's id."""
+def run_killed_after_intent(rig, cli_args: list[str], step: str, run_id: str | None = None) -> str:
+    """The CLI copy that dies right after `step`'s intent is journaled, run with `cli_args`: a `runbook run` (the run
+    it started is found and returned) or a `runbook resume` of `run_id` (returned)."""
     known = _run_ids(rig)
     script = rig.tmp / "dying_cli.py"
     script.write_text(DYING_CLI.format(repo=str(REPO)))
-    proc = _start([sys.executable, str(script), *_run_args(rig, source, target)], rig.tmp / "runbook.log",
-                  env={"DIE_AFTER_INTENT_OF": step})
+    proc = _start([sys.executable, str(script), *cli_args], rig.tmp / "runbook.log", env={"DIE_AFTER_INTENT_OF": step})
     assert _wait_dead(proc) == -signal.SIGKILL, (rig.tmp / "runbook.log").read_text()[-3000:]
-    witness = rig.witness()
-    try:
-        run = _current_run(witness, known)
-    finally:
-        witness.close()
-    assert run is not None
-    assert _journal(rig, run.run_id)[-1] == (step, "intent"), "killed right after the step's intent, before it acted"
-    return run.run_id
+    if run_id is None:
+        witness = rig.witness()
+        try:
+            run = _current_run(witness, known)
+        finally:
+            witness.close()
+        assert run is not None
+        run_id = run.run_id
+    assert _journal(rig, run_id)[-1] == (step, "intent"), "killed right after the step's intent, before it acted"
+    return run_id
+
+
+def _killed_on_boundary(rig, source: str, target: str, step: str) -> str:
+    """`runbook run` that dies right after step's intent is journaled; returns the run's id."""
+    return run_killed_after_intent(rig, _run_args(rig, source, target), step)
 
 
 def _killed_mid_step(rig, source: str, target: str, step: str) -> str:
