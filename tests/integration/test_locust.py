@@ -43,7 +43,7 @@ def test_locust_steady_3x_against_the_served_site(served, tmp_path):
     prefix = tmp_path / "run"
     command = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtests" / "locustfile.py"), "--headless",
                "--host", served.url, "--tokens-file", str(tokens), "--shape", "steady", "--multiplier", "3",
-               "--loadtest-config", str(_short_profile(tmp_path / "loadtest.yaml")), "-t", "10s",
+               "--loadtest-config", str(_short_profile(tmp_path / "loadtest.yaml")), "-t", "15s",
                "--csv", str(prefix), "--only-summary", "--stop-timeout", "3"]
     done = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
     tail = f"\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
