@@ -3,7 +3,7 @@ each interrupted failover reaches the end state of an uninterrupted one, and its
 
 The rig (tests/integration/switchover_rig.py) is two served sites on SQLite, a witness and the front. Every iteration
 is a real failover, alternating A → B and B → A: declarants write a short tail through the front to the primary
-while nothing replicates it to the standby (the first time the replicator A → B is paused with SIGSTOP and the failover's
+while nothing replicates it to the standby (the first time the replicator A → B is paused (SIGSTOP) and the failover's
 stop_stream kills it; later the test records the standby's positions of the stream at the primary's current head, the
 way a stream that had caught up left them), then `runbook run failover` dies by SIGKILL right after the intent of one
 step is journaled (the switchover fault test's copy of the real CLI), and `runbook resume` finishes it. The sites keep
@@ -14,8 +14,6 @@ lists exactly the tail's numbers (with enterprise, office, kind and the client's
 afresh."""
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import time
 
@@ -28,7 +26,7 @@ from replication.sources import stream_name
 from replication.streams import prepare_stream
 from standby.domain.states import IntakeState, SiteRole
 from tests.fault.test_switchover_resume import _start, _wait_dead, run_killed_after_intent
-from tests.integration.switchover_rig import Traffic, build_rig, running_replicators
+from tests.integration.switchover_rig import Traffic, build_rig, pause_replicators, running_replicators
 
 pytestmark = [pytest.mark.fault, pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -103,7 +101,7 @@ def _assert_failed_over(rig, run_id: str, source: str, target: str, epoch: int, 
 
 def test_kill_9_of_the_failover_at_every_step_then_resume_reaches_the_same_end_state(rig, tariff):
     primary, standby, epoch = "A", "B", 1
-    os.killpg(running_replicators(rig.tmp)["A-to-B"], signal.SIGSTOP)  # stop_stream kills it, paused or not
+    pause_replicators(rig, "A-to-B")  # stop_stream kills it, paused or not
     for iteration, step in enumerate(STEPS):
         if epoch > 1:  # the standby's positions at the primary's head: everything before is applied
             prepare_stream(rig.settings.database_url(primary), rig.settings.database_url(standby),

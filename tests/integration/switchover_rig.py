@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import yaml
 from sqlalchemy import select
+from tenacity import Retrying, stop_after_delay, wait_fixed
 
 from cutover.actions.sites import Sites, running_replicator
 from cutover.front.app import build_front
@@ -321,6 +322,44 @@ def replicator_processes(config: Path) -> list[tuple[str, int]]:
         if "replicate" in argv and "--config" in argv and argv[argv.index("--config") + 1] == str(config):
             found.append((stream_name(argv[argv.index("--from") + 1], argv[argv.index("--to") + 1]), int(proc.name)))
     return sorted(found)
+
+
+def pause_replicators(rig: Rig, *streams: str) -> None:
+    """SIGSTOP the running replicators of `streams` (all when none named), each at a moment it holds no write lock
+    on its source: a replicator writes its source's heartbeat and trims its change log there, and one stopped
+    inside such a transaction would stall the source site's own writes (SQLite: the database's one write lock;
+    PostgreSQL: the control row it reads FOR SHARE). Stopped inside one, it is let go on and stopped again."""
+    for stream, pid in running_replicators(rig.tmp).items():
+        if streams and stream not in streams:
+            continue
+        engine = rig.engine(stream.split("-to-")[0])
+        try:
+            for attempt in Retrying(stop=stop_after_delay(30), wait=wait_fixed(0.02), reraise=True):
+                with attempt:
+                    os.killpg(pid, signal.SIGSTOP)
+                    if not _source_write_free(engine):
+                        os.killpg(pid, signal.SIGCONT)
+                        raise TimeoutError(f"replicator {stream} holds a lock on its source")
+        finally:
+            engine.dispose()
+
+
+def _source_write_free(engine) -> bool:
+    """True when a write on the engine's database could start at once (nobody holds what a write needs)."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        if engine.dialect.name == "sqlite":
+            cursor.execute("PRAGMA busy_timeout = 0")
+            cursor.execute("BEGIN IMMEDIATE")
+        else:
+            cursor.execute("SELECT 1 FROM site_control FOR UPDATE NOWAIT")
+        return True
+    except engine.dialect.dbapi.OperationalError:
+        return False
+    finally:
+        raw.rollback()
+        raw.close()
 
 
 def stop_replicators(tmp: Path, config: Path | None = None) -> None:

@@ -7,8 +7,6 @@ front answered as before, and every decision audited."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 
 import httpx
@@ -26,7 +24,7 @@ from standby.site_process import BackgroundServer, build_site
 from standby.store.schema import number_blocks
 from standbyctl.cli import main
 from tests.integration.http_helpers import get, payload, post
-from tests.integration.switchover_rig import Traffic, build_rig, running_replicators
+from tests.integration.switchover_rig import Traffic, build_rig, pause_replicators, running_replicators
 
 pytestmark = pytest.mark.ray
 
@@ -72,8 +70,7 @@ def _tell(rig, tariff, fail_back) -> dict:
         conflict, kept = (post(client, "/v1/declarations", declarant, payload(tariff, codes[50])).json()["number"]
                           for _ in range(2))
         rig.wait_caught_up("A", "B")
-        for pid in running_replicators(rig.tmp).values():
-            os.killpg(pid, signal.SIGSTOP)  # B applies nothing more: what A takes from now on is its lost tail
+        pause_replicators(rig)  # B applies nothing more: what A takes from now on is its lost tail
         for number in (conflict, kept):
             answer = post(client, f"/v1/declarations/{number}/registration", declarant)
             assert answer.status_code == 200, answer.text

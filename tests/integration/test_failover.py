@@ -31,7 +31,7 @@ from standby.domain.states import IntakeState, SiteRole
 from standby.store.schema import declarations
 from standbyctl.cli import main
 from tests.conftest import REPO
-from tests.integration.switchover_rig import Traffic, build_rig, running_replicators
+from tests.integration.switchover_rig import Traffic, build_rig, pause_replicators, running_replicators
 
 pytestmark = pytest.mark.ray
 
@@ -131,7 +131,7 @@ def test_failover_after_kill_9_of_the_primary_lists_exactly_what_clients_were_to
     hidden = []
     try:
         time.sleep(1.5)
-        os.killpg(running_replicators(rig.tmp)["A-to-B"], signal.SIGSTOP)  # B falls behind: a lost tail
+        pause_replicators(rig, "A-to-B")  # B falls behind: a lost tail
         time.sleep(1.0)
         kill_primary_site(rig)
         for path in _database_files(rig, "A"):  # the old primary's disk is gone

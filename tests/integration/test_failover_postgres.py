@@ -11,8 +11,6 @@ the client ledger (tests/integration/test_failover.py's comparison)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +22,7 @@ from sqlalchemy import create_engine, text
 
 from standby.domain.states import IntakeState, SiteRole
 from tests.conftest import REPO
-from tests.integration.switchover_rig import Traffic, build_rig, running_replicators
+from tests.integration.switchover_rig import Traffic, build_rig, pause_replicators
 from tests.integration.test_failover import (CLIENTS, LEASE, assert_lost_matches_ledger, done_failover,
                                              failover_args, kill_primary_site, report_cli, run_report, site_rows,
                                              wait_lease)
@@ -75,7 +73,7 @@ def test_failover_on_postgres_lists_exactly_what_clients_were_told_and_b_lacks(
     traffic = Traffic(rig.front_url, rig.tokens, rig.tax_codes(), tariff, clients=CLIENTS).start()
     try:
         time.sleep(1.5)
-        os.killpg(running_replicators(rig.tmp)["A-to-B"], signal.SIGSTOP)  # B falls behind: a lost tail
+        pause_replicators(rig, "A-to-B")  # B falls behind: a lost tail
         time.sleep(1.0)
         kill_primary_site(rig)
         allow_connections(pg_cluster, names["a"], False)

@@ -17,7 +17,7 @@ from cutover.runbook.executor import Executor
 from standby.domain.states import IntakeState, Kind, SiteRole
 from standby.synthetic import make_declaration_payload
 from standbyctl.cli import main
-from tests.integration.switchover_rig import Traffic, build_rig, running_replicators
+from tests.integration.switchover_rig import Traffic, build_rig, pause_replicators, running_replicators
 
 pytestmark = pytest.mark.ray
 
@@ -93,8 +93,7 @@ def _pause_replication_then_write_at_freeze(monkeypatch, rig, tariff, written: l
     def append(self, run_id, step, phase, detail):
         seq = original(self, run_id, step, phase, detail)
         if step == "freeze" and phase == "intent" and not written:
-            for pid in running_replicators(rig.tmp).values():
-                os.killpg(pid, signal.SIGSTOP)
+            pause_replicators(rig)
             tax_code = rig.tax_codes()[0]
             body = make_declaration_payload(random.Random(1), Kind.IMPORT, tax_code, "01CA", tariff)
             reply = httpx.post(f"{rig.site_url('A')}/v1/declarations", json=body, timeout=30, headers={
