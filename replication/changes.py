@@ -70,9 +70,9 @@ class ChangeSource(Protocol):
 
 
 # Tables that replicate. site_control is per site (each keeps its own role and epoch); the change log and the
-# replication bookkeeping are per stream.
+# replication bookkeeping are per stream; org_remap is the preparing site's own work.
 REPLICATED_TABLES = (
     "provinces", "wards", "customs_branches", "customs_branch_provinces", "customs_offices", "officers",
     "officer_rotation", "enterprises", "number_blocks", "declarations", "goods_lines", "officer_assignments",
-    "idempotency_keys", "audit_log", "replication_heartbeat",
+    "idempotency_keys", "audit_log", "replication_heartbeat", "org_map_state", "org_successors",
 )

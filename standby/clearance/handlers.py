@@ -85,6 +85,13 @@ def goods_line_rows(base: str, lines, assessment) -> list[dict]:
             for no, (g, t) in enumerate(zip(lines, assessment.lines, strict=True), start=1)]
 
 
+def declarant_address(enterprise: dict) -> dict:
+    """The declarant's address as declared: the enterprise's codes with their map version, kept on the declaration
+    (a legal record) whatever later becomes of the enterprise's address."""
+    return {"declarant_province_code": enterprise["province_code"], "declarant_ward_code": enterprise["ward_code"],
+            "declarant_map_version": enterprise["address_valid_from"]}
+
+
 def assessment_totals(assessment) -> dict:
     return {"line_count": len(assessment.lines), "customs_value_vnd": assessment.customs_value_vnd,
             "duty_vnd": assessment.duty_vnd, "vat_vnd": assessment.vat_vnd, "total_vnd": assessment.total_vnd}
@@ -106,6 +113,7 @@ def pre_declare(ctx: HandlerContext, cmd: Command) -> Outcome:
         raise DomainError("enterprise_unknown", f"no enterprise with tax code {tax_code}", "enterprise_tax_code")
     if office not in ctx.offices:
         raise DomainError("office_unknown", f"no customs office with code {office}", "office_code")
+    enterprise = ctx.writes.enterprises[tax_code]
     lines, totals = _assessed_lines(ctx, kind, p["goods"])
     number = ctx.next_number()
     for line in lines:
@@ -115,7 +123,7 @@ def pre_declare(ctx: HandlerContext, cmd: Command) -> Outcome:
         "enterprise_tax_code": tax_code, "office_code": office, "state": DeclarationState.PRE_DECLARED.value,
         "lane": None, "lane_rule": None, "lane_reason": None, "officer_id": None, **totals, "paid_vnd": 0,
         "site_id": ctx.site_id, "epoch": ctx.epoch, "created_at": ctx.now, "registered_at": None,
-        "decided_at": None, "closed_at": None, "updated_at": ctx.now,
+        "decided_at": None, "closed_at": None, "updated_at": ctx.now, **declarant_address(enterprise),
     }
     ctx.writes.declarations[number.base] = row
     ctx.writes.new_bases.append(number.base)

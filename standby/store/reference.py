@@ -35,8 +35,8 @@ def load_reference(engine: Engine, org: OrgData) -> dict[str, int]:
     branches = [{"code": b.code, "name": b.name, "headquarters": b.headquarters or None, "status": b.status}
                 for b in org.branches]
     coverage = [{"branch_code": b, "legacy_province_code": p, "status": s} for b, p, s in org.branch_provinces]
-    offices = [{"code": o.code, "name": o.name, "branch_code": o.branch_code, "province_code": o.province_code}
-               for o in org.offices]
+    offices = [{"code": o.code, "name": o.name, "branch_code": o.branch_code, "province_code": o.province_code,
+                "province_map_version": LEGACY_FROM} for o in org.offices]
     with engine.begin() as conn:
         conn.execute(insert(provinces), legacy + current)
         conn.execute(insert(wards), ward_rows)

@@ -109,6 +109,10 @@ customs_offices = Table(
     Column("name", String(200), nullable=False),
     Column("branch_code", String(5), ForeignKey("customs_branches.code"), nullable=False),
     Column("province_code", String(2), nullable=False),
+    # Migration 0006: the map version of province_code, and the code before the last org change set moved it.
+    Column("province_map_version", Date, doc="which map version province_code belongs to"),
+    Column("prev_province_code", String(2)),
+    Column("prev_province_map_version", Date),
 )
 
 officers = Table(
@@ -145,6 +149,12 @@ enterprises = Table(
     Column("tax_debt_days", Integer, nullable=False),
     Column("risk_class", String(16), nullable=False),
     Column("age_days", Integer, nullable=False),
+    # Migration 0006: the address before the last org change set moved it (a rollback restores it), and the change
+    # set that put the address on a split unit's default successor (a human should check it).
+    Column("prev_province_code", String(2)),
+    Column("prev_ward_code", String(5)),
+    Column("prev_address_valid_from", Date),
+    Column("address_review", String(64), doc="the change set whose default successor this address landed on"),
     CheckConstraint("status IN ('active', 'suspended', 'dissolved')", name="status"),
     Index(None, "province_code", "ward_code"),
 )
@@ -177,6 +187,15 @@ declarations = Table(
     Column("decided_at", Float),
     Column("closed_at", Float),
     Column("updated_at", Float, nullable=False),
+    # Migration 0006: the declarant's address as declared (a legal record: a closed declaration keeps it), with its
+    # map version; an open one is moved by an org change set, which keeps the previous codes for a rollback.
+    Column("declarant_province_code", String(2)),
+    Column("declarant_ward_code", String(5)),
+    Column("declarant_map_version", Date),
+    Column("declarant_prev_province_code", String(2)),
+    Column("declarant_prev_ward_code", String(5)),
+    Column("declarant_prev_map_version", Date),
+    Column("declarant_review", String(64), doc="the change set whose default successor the address landed on"),
     CheckConstraint("kind IN ('import', 'export')", name="kind"),
     CheckConstraint("amendment BETWEEN 0 AND 9", name="amendment"),
     CheckConstraint("total_vnd >= 0 AND paid_vnd >= 0", name="money"),
@@ -309,4 +328,50 @@ quarantine = Table(
     CheckConstraint("status IN ('held', 'reapplied', 'conflict')", name="status"),
     UniqueConstraint("run_id", "table_name", "pk"),
     Index(None, "status", "declaration_number"),
+)
+
+
+# --- org-structure change sets (migration 0006) ----------------------------------------------------------------------
+
+org_map_state = Table(
+    "org_map_state",
+    metadata,
+    # One row: the map version in force on this site's records (replicated, so a standby follows the switch).
+    # Map versions are the reference rows' valid_from dates.
+    Column("scope", String(8), primary_key=True, doc="always 'site'"),
+    Column("active_version", Date, nullable=False),
+    Column("changeset_id", String(64), doc="the change set that made active_version active"),
+    Column("previous_version", Date),
+    Column("switched_at", Float),
+)
+
+org_successors = Table(
+    "org_successors",
+    metadata,
+    # A loaded change set's mapping: each old unit's successors, one of them the default (replicated, so both sites
+    # resolve old codes the same way).
+    Column("changeset_id", String(64), primary_key=True),
+    Column("kind", String(8), primary_key=True),
+    Column("old_code", String(5), primary_key=True),
+    Column("new_code", String(5), primary_key=True),
+    Column("is_default", Boolean, nullable=False),
+    Column("needs_review", Boolean, nullable=False),
+    CheckConstraint("kind IN ('province', 'ward')", name="kind"),
+)
+
+org_remap = Table(
+    "org_remap",
+    metadata,
+    # Prepared online: each live record's codes now and where the change set moves them. Local to the site that
+    # prepares (not replicated); the switch reads it in one UPDATE per table.
+    Column("changeset_id", String(64), primary_key=True),
+    Column("record", String(12), primary_key=True, doc="enterprise, declaration or office"),
+    Column("record_key", String(13), primary_key=True),
+    Column("old_province_code", String(2), nullable=False),
+    Column("old_ward_code", String(5)),
+    Column("old_version", Date, nullable=False),
+    Column("new_province_code", String(2)),
+    Column("new_ward_code", String(5)),
+    Column("review", Boolean, nullable=False),
+    CheckConstraint("record IN ('enterprise', 'declaration', 'office')", name="record"),
 )

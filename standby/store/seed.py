@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from sqlalchemy import Engine, func, insert, select
 
@@ -19,7 +19,7 @@ from standby.domain.tariff import Tariff, assess, validate_lines
 from standby.reference.orgdata import OrgData
 from standby.store.reference import LEGACY_FROM, load_reference
 from standby.store.schema import declarations, enterprises, goods_lines, officer_rotation, officers
-from standby.clearance.handlers import assessment_totals, goods_line_rows
+from standby.clearance.handlers import assessment_totals, declarant_address, goods_line_rows
 from standby.synthetic import EnterpriseProfile, make_declaration_payload, make_enterprise, risk_facts_for
 
 PROVINCE_WEIGHTS = {"79": 0.30, "01": 0.20}  # HCM City, Hà Nội; the rest share what is left
@@ -123,7 +123,8 @@ def _seed_declarations(engine: Engine, org: OrgData, count: int, tariff: Tariff,
     with engine.connect() as conn:
         population = [dict(r) for r in conn.execute(select(
             enterprises.c.tax_code, enterprises.c.name, enterprises.c.risk_class, enterprises.c.status,
-            enterprises.c.tax_debt_days, enterprises.c.age_days).where(enterprises.c.status == "active")).mappings()]
+            enterprises.c.tax_debt_days, enterprises.c.age_days, enterprises.c.province_code, enterprises.c.ward_code,
+            enterprises.c.address_valid_from).where(enterprises.c.status == "active")).mappings()]
     offices = [o.code for o in org.offices]
     numbers = NumberAllocator(digit, count)
     with engine.begin() as conn:
@@ -149,7 +150,7 @@ def _historical(rng, population, offices, tariff, rules, number) -> tuple[dict, 
     payload = make_declaration_payload(rng, kind, enterprise["tax_code"], rng.choice(offices), tariff)
     lines = validate_lines(payload["goods"], tariff)
     assessment = assess(lines, kind, tariff)
-    decision = rules.decide(risk_facts_for(EnterpriseProfile(**enterprise), payload, assessment, number.base))
+    decision = rules.decide(risk_facts_for(_profile(enterprise), payload, assessment, number.base))
     at = 1_719_792_000.0 - rng.random() * 365 * 86_400  # within the year before 1 July 2024
     decl = {"base": number.base, "number": str(number), "amendment": 0, "kind": kind.value, "section": kind.section,
             "enterprise_tax_code": enterprise["tax_code"], "office_code": payload["office_code"],
@@ -157,5 +158,9 @@ def _historical(rng, population, offices, tariff, rules, number) -> tuple[dict, 
             "lane_reason": decision.reason, "officer_id": None, **assessment_totals(assessment),
             "paid_vnd": assessment.total_vnd,
             "site_id": "seed", "epoch": 0, "created_at": at, "registered_at": at, "decided_at": at,
-            "closed_at": at + 3600, "updated_at": at + 3600}
+            "closed_at": at + 3600, "updated_at": at + 3600, **declarant_address(enterprise)}
     return decl, goods_line_rows(number.base, lines, assessment)
+
+
+def _profile(enterprise: dict) -> EnterpriseProfile:
+    return EnterpriseProfile(**{f.name: enterprise[f.name] for f in fields(EnterpriseProfile)})

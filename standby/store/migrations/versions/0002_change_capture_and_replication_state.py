@@ -10,6 +10,8 @@ from typing import Sequence, Union
 import sqlalchemy as sa
 from alembic import op
 
+from standby.store.capture import capture_triggers
+
 
 # Tables whose changes SQLite captures: (primary key, every column, real-valued columns), frozen as of this
 # revision. Real values are logged with 17 significant digits (json_object keeps 15, which loses float precision).
@@ -79,35 +81,6 @@ def upgrade() -> None:
         for table, (pk, columns, reals) in CAPTURED.items():
             for statement in capture_triggers(table, pk, columns, reals):
                 op.execute(statement)
-
-
-def capture_triggers(table: str, pk: tuple, columns: tuple, reals: tuple = ()) -> list[str]:
-    """AFTER triggers that log each row change into change_log in the writing transaction (commit order = seq).
-    A change of primary key is logged as a delete of the old key and an insert of the new one."""
-    def value(ref: str, c: str) -> str:
-        if c in reals:
-            return f"CASE WHEN {ref}.\"{c}\" IS NULL THEN NULL ELSE printf('%!.17g', {ref}.\"{c}\") END"
-        return f"{ref}.\"{c}\""
-
-    def obj(ref: str, names: tuple) -> str:
-        return "json_object(" + ", ".join(f"'{c}', {value(ref, c)}" for c in names) + ")"
-    now = "(julianday('now') - 2440587.5) * 86400.0"
-    txid = "(SELECT txid FROM capture_txn WHERE id = 1)"
-    # The standby's applier switches capture off inside its own transactions: what it writes is the primary's
-    # history, not the standby's, and no other connection can see the switch.
-    when = "WHEN (SELECT capture FROM capture_txn WHERE id = 1) = 1"
-    log = "INSERT INTO change_log (table_name, op, pk, row, at, txid) VALUES"
-    key_changed = " OR ".join(f'OLD."{c}" IS NOT NEW."{c}"' for c in pk)
-    return [
-        f"CREATE TRIGGER capture_{table}_insert AFTER INSERT ON \"{table}\" {when} BEGIN "
-        f"{log} ('{table}', 'insert', {obj('NEW', pk)}, {obj('NEW', columns)}, {now}, {txid}); END",
-        f"CREATE TRIGGER capture_{table}_update AFTER UPDATE ON \"{table}\" {when} BEGIN "
-        f"INSERT INTO change_log (table_name, op, pk, row, at, txid) "
-        f"SELECT '{table}', 'delete', {obj('OLD', pk)}, NULL, {now}, {txid} WHERE {key_changed}; "
-        f"{log} ('{table}', 'update', {obj('NEW', pk)}, {obj('NEW', columns)}, {now}, {txid}); END",
-        f"CREATE TRIGGER capture_{table}_delete AFTER DELETE ON \"{table}\" {when} BEGIN "
-        f"{log} ('{table}', 'delete', {obj('OLD', pk)}, NULL, {now}, {txid}); END",
-    ]
 
 
 def downgrade() -> None:
