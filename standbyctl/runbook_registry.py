@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cutover.actions import failback, failover, switchover
+from cutover.actions import failback, failover, orgrestructure, switchover
 from cutover.actions.sites import Sites
 from cutover.runbook.actions import ActionRegistry, register_builtins
 from cutover.witness.contract import Witness
@@ -16,8 +16,10 @@ from standby.settings import Settings
 
 
 def build_registry(settings: Settings, witness: Witness) -> ActionRegistry:
-    """Every action a runbook may name. Built-ins: wait, check_http, fail; then the switchover's and the failover's."""
-    return failback.register(failover.register(switchover.register(register_builtins(ActionRegistry()))))
+    """Every action a runbook may name. Built-ins: wait, check_http, fail; then the switchover's, the failover's, the
+    failback's and the org restructure's."""
+    registry = switchover.register(register_builtins(ActionRegistry()))
+    return orgrestructure.register(failback.register(failover.register(registry)))
 
 
 def build_services(settings: Settings, witness: Witness, config_path: Path | None = None) -> Sites:
