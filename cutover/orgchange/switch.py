@@ -212,7 +212,7 @@ def _remap(conn: Connection, record: Record, report: SwitchReport, *, only_chang
                    f"AND r.old_version = t.{record.version})")
     sql = (f"INSERT INTO org_remap (changeset_id, record, record_key, old_province_code, old_ward_code, old_version, "
            f"new_province_code, new_ward_code, review) "
-           f"SELECT :cs, :record, t.{record.key}, t.{record.province}, {old_ward}, t.{record.version}, {new}, "
+           f"SELECT CAST(:cs AS VARCHAR(64)), CAST(:record AS VARCHAR(12)), t.{record.key}, t.{record.province}, {old_ward}, t.{record.version}, {new}, "
            f"COALESCE(s.needs_review, :no) FROM {record.table} t {joins} "
            f"WHERE t.{record.version} = :source {record.live} {changed} "
            f"ON CONFLICT (changeset_id, record, record_key) DO UPDATE SET "
@@ -273,7 +273,7 @@ def _move(conn: Connection, record: Record, report: SwitchReport) -> tuple[int, 
     if record.ward:
         sets += [f"{prev_w} = {record.ward}", f"{record.ward} = r.new_ward_code"]
     if record.review:
-        sets.append(f"{record.review} = CASE WHEN r.review = :yes THEN :cs ELSE NULL END")
+        sets.append(f"{record.review} = CASE WHEN r.review = :yes THEN CAST(:cs AS VARCHAR(64)) ELSE NULL END")
     same_ward = f" AND r.old_ward_code = t.{record.ward}" if record.ward else ""
     sql = (f"UPDATE {record.table} AS t SET {', '.join(sets)} FROM org_remap r "
            f"WHERE r.changeset_id = :cs AND r.record = :record AND r.record_key = t.{record.key} "
