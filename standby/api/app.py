@@ -24,6 +24,7 @@ from standby.api.errors import ApiError
 from standby.api.hold import HoldQueue, HoldResult
 from standby.api.metrics import SiteMetrics
 from standby.api.models import AmendIn, DecisionIn, PaymentIn, PreDeclareIn
+from standby.api.org_reads import UnitNames, add_org_routes, declarant_addresses
 from standby.api.sync import SyncGate, acknowledged
 from standby.clearance.commands import Command, Op, Outcome, Principal, Role
 from standby.clearance.handlers import declaration_view
@@ -318,6 +319,7 @@ def _routes(app: FastAPI, s: SiteServices) -> None:
     declarant_or_operator = _auth(s, Role.DECLARANT, Role.OPERATOR)
     officer = _auth(s, Role.OFFICER, Role.OPERATOR)
     anyone = _auth(s)
+    names = UnitNames()
 
     async def carry_out(op: Op, principal: Principal, key: str, payload: dict, office: str) -> JSONResponse:
         started = time.perf_counter()
@@ -395,7 +397,9 @@ def _routes(app: FastAPI, s: SiteServices) -> None:
     # Reads are plain functions: FastAPI runs them in its threadpool, off the event loop that carries intake.
     @app.get("/v1/declarations/{number}", tags=["reads"], summary="A declaration with its goods lines")
     def get_declaration(number: str, principal: Principal = Depends(anyone)):
-        return JSONResponse(_read_declaration(s, number, principal))
+        return JSONResponse(_read_declaration(s, number, principal, names))
+
+    add_org_routes(app, s.read_engine, s.site_id, names, anyone, officer)
 
     @app.get("/v1/officers/me/queue", tags=["officers"], summary="Declarations waiting for this officer")
     def queue(principal: Principal = Depends(_auth(s, Role.OFFICER)), limit: int = 100):
@@ -485,7 +489,7 @@ def _control_body(s: SiteServices, c: SiteControl | None) -> dict:
             "primary_site": c.primary_site}
 
 
-def _read_declaration(s: SiteServices, number: str, principal: Principal) -> dict:
+def _read_declaration(s: SiteServices, number: str, principal: Principal, names: UnitNames) -> dict:
     try:
         parsed = DeclarationNumber.parse(number)
     except DomainError as err:
@@ -502,7 +506,8 @@ def _read_declaration(s: SiteServices, number: str, principal: Principal) -> dic
                 raise ApiError(403, "forbidden", f"officer {principal.subject} does not belong to office "
                                                  f"{row['office_code']}")
         lines = reads.goods(conn, parsed.base)
-    body = declaration_view(row)
+        addresses = declarant_addresses(conn, names, row)  # the read's body only: declaration_view is also replayed
+    body = {**declaration_view(row), **addresses}
     body["goods"] = [{k: (str(v) if k in ("quantity", "unit_price") else v) for k, v in line.items()
                       if k != "declaration_base"} for line in lines]
     return body

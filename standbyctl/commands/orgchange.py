@@ -116,3 +116,38 @@ def resolve_cmd(file: Path, kind: str) -> None:
     sys.stdout.flush()
     if unknown:
         fail(f"{unknown} unknown {kind} code(s); nothing was guessed for them", 1)
+
+
+@orgchange.command("unit", short_help="how a unit code resolves on a site: map versions, successors, predecessors")
+@click.argument("code")
+@click.option("--site", "site_id", required=True, metavar="ID", help="the site whose database is read (read-only)")
+@click.option("--kind", type=click.Choice([k.value for k in UnitKind]), required=True, help="the kind of unit")
+@click.option("--map", "map_name", default=None, metavar="VERSION",
+              help="read CODE in this map version (legacy, 2025 or a date); default: the site's active map, "
+                   "else the only version CODE exists in")
+@pass_cli
+def unit_cmd(cli: CliContext, code: str, site_id: str, kind: str, map_name: str | None) -> None:
+    """Print how CODE resolves on the site: the map version it is read in and why, its name, the same code in the
+    other map versions (codes are reused with new meanings), and through the site's active change set its
+    predecessors (a unit of the active map) or successors (a unit of the previous map), with the codes a search by
+    this unit looks for per map version. Exit 1 for an unknown code or map (the message names it)."""
+    from sqlalchemy.exc import OperationalError
+
+    from standby.store.engine import make_engine
+    from standby.store.orgmap import NoMapState
+    from standby.store.units import UnknownMap, UnknownUnit, map_versions, parse_map, resolve_unit, unit_lines
+
+    cli.check_site(site_id)
+    engine = make_engine(cli.settings.database_url(site_id), writer=False)
+    try:
+        with engine.connect() as conn:
+            version = parse_map(map_name, map_versions(conn)) if map_name is not None else None
+            resolution = resolve_unit(conn, kind, code, version)
+    except (UnknownUnit, UnknownMap) as exc:
+        fail(f"site {site_id}: {exc}", 1)
+    except (OperationalError, NoMapState) as exc:
+        fail(f"site {site_id}: database unreadable ({exc}); run `standbyctl db upgrade --site {site_id}`", 1)
+    finally:
+        engine.dispose()
+    for line in unit_lines(resolution):
+        click.echo(line)
