@@ -42,6 +42,28 @@ def _first_legacy_ward(conn, province: str) -> str:
                         .order_by(wards.c.code).limit(1)).scalar_one()
 
 
+def _place_in_yen_bai(engine, tax_codes: list[str]) -> tuple[str, list[str]]:
+    """Move the enterprises to a Yên Bái ward, and closed declarations of the seed: three to that ward, the fourth
+    to an old Lào Cai ward; return the ward and the four numbers."""
+    with engine.begin() as conn:
+        ward, ward_10 = _first_legacy_ward(conn, YEN_BAI), _first_legacy_ward(conn, OLD_LAO_CAI)
+        conn.execute(update(enterprises).where(enterprises.c.tax_code.in_(tax_codes))
+                     .values(province_code=YEN_BAI, ward_code=ward))
+        numbers = list(conn.execute(select(declarations.c.number).order_by(declarations.c.base).limit(4)).scalars())
+        conn.execute(update(declarations).where(declarations.c.number.in_(numbers[:3]))
+                     .values(declarant_province_code=YEN_BAI, declarant_ward_code=ward))
+        conn.execute(update(declarations).where(declarations.c.number == numbers[3])
+                     .values(declarant_province_code=OLD_LAO_CAI, declarant_ward_code=ward_10))
+    return ward, numbers
+
+
+def _switch(engine) -> None:
+    changeset, problems = load_changeset(SHIPPED)
+    assert not problems
+    prepare(engine, changeset)
+    switch(engine, changeset, Resolver(changeset), now=time.time())
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, org, tariff, rules, ray_session):
     tmp = tmp_path_factory.mktemp("org-reads")
@@ -49,25 +71,12 @@ def world(tmp_path_factory, org, tariff, rules, ray_session):
     engine = db.engine()
     seed(engine, org, declarations_count=40, tariff=tariff, rules=rules)  # closed (cleared), legacy map
     tax_codes = db.active_enterprises(2)
-    with engine.begin() as conn:
-        ward, ward_10 = _first_legacy_ward(conn, YEN_BAI), _first_legacy_ward(conn, OLD_LAO_CAI)
-        # Before the site serves (its workers read enterprises once): two enterprises in Yên Bái, and closed
-        # declarations of the seed placed in Yên Bái and old Lào Cai.
-        conn.execute(update(enterprises).where(enterprises.c.tax_code.in_(tax_codes))
-                     .values(province_code=YEN_BAI, ward_code=ward))
-        numbers = list(conn.execute(select(declarations.c.number).order_by(declarations.c.base).limit(4)).scalars())
-        yen_bai = {"declarant_province_code": YEN_BAI, "declarant_ward_code": ward}
-        conn.execute(update(declarations).where(declarations.c.number.in_(numbers[:3])).values(**yen_bai))
-        conn.execute(update(declarations).where(declarations.c.number == numbers[3])
-                     .values(declarant_province_code=OLD_LAO_CAI, declarant_ward_code=ward_10))
+    ward, numbers = _place_in_yen_bai(engine, tax_codes)  # before the site serves: its workers read enterprises once
     site = serve_site(db)
     client = httpx.Client(base_url=site.url, timeout=60)
     try:
         opened = predeclare(client, site.tokens.declarant(tax_codes[0]), payload(tariff, tax_codes[0]))
-        changeset, problems = load_changeset(SHIPPED)
-        assert not problems
-        prepare(engine, changeset)
-        switch(engine, changeset, Resolver(changeset), now=time.time())
+        _switch(engine)
         engine.dispose()
         yield World(site, client, numbers[:3], numbers[3], opened["number"], ward, tax_codes[0],
                     site.tokens.operator(), str(tmp / "settings-A.yaml"))
@@ -195,3 +204,44 @@ def test_standbyctl_orgchange_unit_prints_both_versions_and_the_links(world: Wor
     unknown = CliRunner().invoke(main, ["--config", config, "orgchange", "unit", "--site", "A", "--kind", "ward",
                                         "99999"])
     assert unknown.exit_code == 1 and "ward with code 99999" in unknown.stderr and "Traceback" not in unknown.output
+
+
+@pytest.mark.postgres
+def test_the_unit_search_on_postgres(pg_url: str, org, tariff, rules) -> None:
+    """The same search on PostgreSQL (store and API functions, no HTTP): a declaration reopened before the switch is
+    moved and found by the legacy code through its previous codes; closed ones by old and new codes."""
+    from standby.api.org_reads import UnitNames, declarations_in_unit
+    from standby.clearance.commands import Principal, Role
+    from standby.domain.states import SiteRole
+    from standby.store.engine import make_engine
+    from standby.store.migrate import upgrade
+    from standby.store.site import init_site
+
+    upgrade(pg_url)
+    engine = make_engine(pg_url)
+    try:
+        init_site(engine, "A", SiteRole.PRIMARY)
+        seed(engine, org, enterprises_count=300, officers_per_section=1, declarations_count=20, tariff=tariff,
+             rules=rules)
+        with engine.connect() as conn:
+            tax_codes = [conn.execute(select(enterprises.c.tax_code).limit(1)).scalar_one()]
+        ward, numbers = _place_in_yen_bai(engine, tax_codes)
+        with engine.begin() as conn:  # reopened: the switch moves it
+            conn.execute(update(declarations).where(declarations.c.number == numbers[0]).values(state="pre_declared"))
+        _switch(engine)
+        ops, names = Principal(Role.OPERATOR, "ops"), UnitNames()
+
+        def found(**query) -> dict:
+            with engine.connect() as conn:
+                answer = declarations_in_unit(conn, names, ops, **{"province": None, "ward": None, "map_name": None,
+                                                                   "state": None, "limit": 50, **query})
+            return {item["number"]: item for item in answer["items"]}
+
+        legacy, active = found(province="15", map_name="legacy"), found(province="15")
+        assert set(numbers[:3]) <= set(legacy) and numbers[3] not in legacy and set(numbers) <= set(active)
+        moved = legacy[numbers[0]]
+        assert moved["declarant_address"]["map"] == "2025" and moved["declarant_previous_address"]["ward_code"] == ward
+        assert legacy[numbers[1]]["declarant_address"]["map"] == "legacy"
+        assert set(numbers[:3]) <= set(found(ward=ward, map_name="legacy"))
+    finally:
+        engine.dispose()
