@@ -133,6 +133,8 @@ def add_org_routes(app: FastAPI, engine: Engine, site_id: str, names: UnitNames,
     @app.get("/v1/enterprises/{tax_code}", tags=["reads"],
              summary="An enterprise with its address, the map version of its codes, and the previous address")
     def get_enterprise(tax_code: str, principal: Principal = Depends(anyone)):
+        """Any role, as the declaration read: a declarant only its own enterprise; an officer any (enterprises
+        belong to no office, and an officer checking a declaration needs its declarant's address)."""
         with engine.connect() as conn:
             return JSONResponse(enterprise_body(conn, names, tax_code, principal, site_id))
 
