@@ -129,9 +129,11 @@ def write_settings(dep: Deployment, base, backend: str, ray_address: str) -> Non
     }))
 
 
-def deploy(base, workdir: Path, backend: str, enterprises_count: int, log) -> tuple[Deployment, object]:
+def deploy(base, workdir: Path, backend: str, enterprises_count: int, log, before_replication=None
+           ) -> tuple[Deployment, object]:
     """Sites A (primary) and B (its standby, snapshotted by the replicator A → B and caught up), the front, and
-    tokens for 300 declarants, all running. Returns the deployment (stop it!) and its settings."""
+    tokens for 300 declarants, all running. `before_replication(dep)`, when given, runs once A is seeded and before
+    the replicator snapshots B (e.g. a bulk seed). Returns the deployment (stop it!) and its settings."""
     import ray
 
     from standby.ray_runtime import ensure_ray
@@ -150,6 +152,8 @@ def deploy(base, workdir: Path, backend: str, enterprises_count: int, log) -> tu
         dep.run("seed", "--site", "A", "--enterprises", str(enterprises_count), "--officers-per-section", "2")
         dep.run("tokens", "issue-many", "--site", "A", "--declarants", "300", "--out", str(workdir / "tokens.json"),
                 "--label", "bench-switchover")
+        if before_replication is not None:
+            before_replication(dep)
         log("- replicator A → B (snapshot, then streaming), sites A and B, the front …")
         start_forward_stream(dep, settings)
         token = json.loads((workdir / "tokens.json").read_text())["declarants"][-1]["token"]

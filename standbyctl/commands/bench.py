@@ -297,6 +297,78 @@ def _row_json(row: dict) -> dict:
     return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in row.items()}
 
 
+@bench.command("restructure")
+@click.option("--declarations", "sizes", default="250000,1000000", show_default=True,
+              help="store sizes to run, comma-separated: historical declarations seeded on A (a fresh rig each)")
+@click.option("--enterprises", "enterprises_count", type=click.IntRange(1000, 10_000_000), default=106_000,
+              show_default=True, help="enterprises on the legacy map")
+@click.option("--open-share", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="share of the seeded declarations left open (the live records the switch moves)")
+@click.option("--multiplier", type=click.FloatRange(0.1, 100), default=3, show_default=True,
+              help="Locust load through the front as a multiple of the design peak (config/capacity.yaml)")
+@click.option("--backend", type=click.Choice(["sqlite", "postgresql"]), default="sqlite", show_default=True,
+              help="sqlite: files under var/bench/restructure; postgresql: throwaway clusters for A, B and the witness")
+@click.option("--warmup-s", type=click.FloatRange(0, 3600), default=40, show_default=True,
+              help="seconds of load before the first runbook (Locust ramps its users over 30 s)")
+@click.option("--gap-s", type=click.FloatRange(0, 3600), default=5, show_default=True,
+              help="seconds between one runbook's end and the next one's start")
+@click.option("--changeset", default="config/changesets/vn-2025-two-tier/changeset.yaml", show_default=True)
+@click.option("--quick", is_flag=True, help="a small run for the test suite: 20,000 declarations, 3,000 "
+              "enterprises, 3 s warm-up, no gap (overrides those options)")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="write the results as JSON here")
+@pass_cli
+def restructure(cli: CliContext, sizes: str, enterprises_count: int, open_share: float, multiplier: float,
+                backend: str, warmup_s: float, gap_s: float, changeset: str, quick: bool, out: Path | None) -> None:
+    """The org change set applied to a loaded primary under Locust through the front, at each store size.
+
+    \b
+    Per size, a fresh deployment as bench switchover's (sites A and B, the front, the replicator A → B, each its
+    own process), A seeded with ENTERPRISES enterprises on the legacy map and the declarations (OPEN-SHARE of them
+    open) before the replicator snapshots B; the seeding time and rate are reported. Then, as `standbyctl runbook
+    run`: org-restructure in place on A, org-rollback, and org-restructure-via-switchover when runbooks/ has it.
+
+    \b
+    Per run, from its journal: prepare s (online, intake open), freeze s (the resume step's freeze_s: frozen_at to
+    intake open again), drain s (the freeze step's), the switch/rollback step's own seconds and what it moved;
+    per size: client errors (Locust failures while the load ran), the ledger (every acknowledgement on the final
+    primary: lost, doubled, mismatched) and verify between the sites.
+
+    \b
+    Targets (issue 10): freeze ≤ 10 s in place, ≤ 2 s via switchover, 0 client errors, 0 lost, a freeze that does
+    not grow with the store. Exits 1 when anything was lost or doubled, a runbook failed or verify was not clean;
+    missed timing targets are printed on the last line. Logs of every process: var/bench/restructure/SIZE/*.log."""
+    from standbyctl.bench_restructure import lost_anything, main_run, table
+
+    try:
+        chosen = [int(x) for x in sizes.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--declarations takes whole numbers separated by commas, got {sizes!r}", 2)
+    if quick:
+        chosen, enterprises_count, warmup_s, gap_s = [20_000], 3_000, 3.0, 0.0
+    if not chosen or any(n < 1000 for n in chosen):
+        fail("--declarations needs at least one size, each at least 1000", 2)
+    settings = cli.settings
+    started = time.time()
+    click.echo(f"restructure bench on {backend} at {multiplier:g}x design: sizes {', '.join(f'{n:,}' for n in chosen)}"
+               f", {enterprises_count:,} enterprises, {open_share:.0%} of declarations open")
+    try:
+        result = main_run(settings, workdir=settings.path(settings.data_dir) / "bench" / "restructure",
+                          backend=backend, sizes=chosen, enterprises_count=enterprises_count, open_share=open_share,
+                          multiplier=multiplier, warmup_s=warmup_s, gap_s=gap_s, changeset=changeset, log=click.echo)
+    except RuntimeError as exc:
+        fail(str(exc))
+    click.echo(table(result))
+    click.echo(f"run took {time.time() - started:.0f} s on {platform.node()} ({_cpus()} cores, load average "
+               f"{os.getloadavg()[0]:.1f} at the end), {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+    if out:
+        out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **result},
+                                  indent=2, default=str))
+        click.echo(f"results written to {out}")
+    if lost_anything(result) or not all(s["verify_ok"] for s in result["sizes"]):
+        fail(result["failed"] or "verify found differences")
+    click.echo(result["failed"] or "every target met")
+
+
 @bench.command("failover")
 @click.option("--backend", type=click.Choice(["sqlite", "postgresql", "both"]), default="sqlite", show_default=True,
               help="sqlite: files in the work folder; postgresql: throwaway clusters for A, B and the witness")

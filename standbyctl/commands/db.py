@@ -196,10 +196,12 @@ def db_prune(cli: CliContext, site_id: str, keys_older_than_days: float, yes: bo
               help="officers registered per office and section (01 import, 02 export)")
 @click.option("--declarations", "declarations_count", type=click.IntRange(0, 50_000_000), default=0,
               show_default=True, help="historical cleared declarations to add, for benchmarks")
+@click.option("--open-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="share of those historical declarations left open (pre-declared, not closed)")
 @click.option("--seed", "rng_seed", type=int, default=2025, show_default=True, help="random seed (reproducible)")
 @pass_cli
 def seed(cli: CliContext, site_id: str, enterprises_count: int, officers_per_section: int, declarations_count: int,
-         rng_seed: int) -> None:
+         open_share: float, rng_seed: int) -> None:
     """Load reference data (both maps, 20 customs branches, offices) and a synthetic population into SITE.
 
     Safe to rerun: what is already there is not added again (historical declarations are added each time)."""
@@ -214,7 +216,8 @@ def seed(cli: CliContext, site_id: str, enterprises_count: int, officers_per_sec
     started = time.monotonic()
     report = run_seed(engine, org, enterprises_count=enterprises_count, officers_per_section=officers_per_section,
                       declarations_count=declarations_count, tariff=tariff, rules=rules,
-                      site_digit=settings.site(site_id).site_digit, rng_seed=rng_seed, progress=_progress())
+                      site_digit=settings.site(site_id).site_digit, rng_seed=rng_seed, open_share=open_share,
+                      progress=_progress())
     click.echo(f"\nsite {site_id} seeded in {time.monotonic() - started:.1f}s: reference {report.reference or 'already there'}; "
                f"enterprises +{report.enterprises}; officers +{report.officers}; declarations +{report.declarations}")
 
