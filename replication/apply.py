@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
 
@@ -13,7 +13,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from replication.changes import Change, ChangeOp
 from replication.errors import PermanentApplyError, TargetUnavailable
+from standby.store.address_moves import Moves, load_moves, move_row, moving_changeset
 from standby.store.engine import is_sqlite, make_engine
+from standby.store.orgmap import active_map
 from standby.store.schema import metadata, replication_state
 
 
@@ -51,6 +53,7 @@ class Applier:
         self._dialect = sqlite if is_sqlite(engine) else postgresql
         self._coercers = {name: _coercer(t) for name, t in metadata.tables.items()}
         self._statements: dict[tuple[str, bool], tuple[str, list[str]]] = {}
+        self._moves_cache: Moves | None = None
 
     def positions(self, stream: str) -> dict[int, int]:
         with self.engine.connect() as conn:
@@ -73,7 +76,8 @@ class Applier:
             stored = conn.execute(select(replication_state.c.position).where(
                 replication_state.c.stream == stream, replication_state.c.part == part)).scalar()
             fresh = [c for c in changes if stored is None or c.position > stored]
-            for group in _runs(fresh):
+            moves = self._moves(conn)
+            for group in _runs([_moved(c, moves) for c in fresh] if moves else fresh):
                 self._execute(conn, group)
             heartbeat = max((c.row["at"] for c in fresh if c.table == "replication_heartbeat" and c.row), default=None)
             newest = max((c.committed_at for c in fresh if c.committed_at), default=None)
@@ -82,6 +86,17 @@ class Applier:
             self._store_position(conn, stream, part, position, len(fresh), heartbeat, now, stored is None)
             self._capture(conn, on=True)
         return ApplyResult(part, position, len(fresh), heartbeat, newest, now)
+
+    def _moves(self, conn) -> Moves | None:
+        """The moves of the change set this standby switched to ahead of its primary (the org restructure through a
+        switchover), None otherwise; read in every transaction (under a share lock on PostgreSQL, so the standby's
+        own switch never interleaves with a batch), the successors cached per change set."""
+        changeset_id = moving_changeset(conn)
+        if changeset_id is None:
+            return None
+        if self._moves_cache is None or self._moves_cache.changeset_id != changeset_id:
+            self._moves_cache = load_moves(conn, active_map(conn))
+        return self._moves_cache
 
     def write_changes(self, conn, changes: Sequence[Change], *, replica: bool) -> None:
         """Write row images (JSON-ready or as the database returned them) in the caller's open transaction, in the
@@ -201,6 +216,14 @@ class Applier:
                  "applied_at": now} for p in range(parts)])
             self._capture(conn, on=True)
         return total
+
+
+def _moved(change: Change, moves: Moves) -> Change:
+    """The change with its row moved to the standby's active map (see standby.store.address_moves), or as it came."""
+    if change.row is None:
+        return change
+    row = move_row(change.table, change.row, moves)
+    return change if row is None else replace(change, row=row)
 
 
 def _runs(changes: Sequence[Change]) -> Iterable[list[Change]]:

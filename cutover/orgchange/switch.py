@@ -27,9 +27,10 @@ from cutover.orgchange.resolve import Resolver, UnknownCode
 from cutover.orgchange.spec import ChangeSet, UnitKind
 from standby.domain.states import DeclarationState
 from standby.store.orgmap import SCOPE, MapState, active_map
-from standby.store.schema import org_map_state, org_successors
+from standby.store.schema import org_map_state, org_successors, site_control
 
-__all__ = ["AlreadyActive", "SwitchRefused", "SwitchReport", "check", "prepare", "rollback", "switch", "target_version"]
+__all__ = ["AlreadyActive", "SwitchRefused", "SwitchReport", "check", "prepare", "rollback", "stop_moving", "switch",
+           "target_version"]
 
 OPEN_STATES = tuple(s.value for s in DeclarationState if not s.is_terminal)
 
@@ -106,11 +107,17 @@ def prepare(engine: Engine, changeset: ChangeSet, clock=time.monotonic) -> Switc
     return report
 
 
-def switch(engine: Engine, changeset: ChangeSet, resolver: Resolver, now: float,
-           clock=time.monotonic) -> SwitchReport:
-    """Intake frozen: the delta, the check, the move and the new active version in one transaction."""
+def switch(engine: Engine, changeset: ChangeSet, resolver: Resolver, now: float, *,
+           ahead_of_primary: bool = False, clock=time.monotonic) -> SwitchReport:
+    """Intake frozen: the delta, the check, the move and the new active version in one transaction.
+
+    `ahead_of_primary`: the site is a standby whose primary stays on the old map for now (the restructure through a
+    switchover); its applier then moves every live row that still arrives on the old map the same way
+    (standby.store.address_moves), from this transaction on."""
     started = clock()
     with engine.begin() as conn:
+        # First: on PostgreSQL this waits for the applier's batch in flight and holds off the next.
+        _set_moving(conn, changeset.manifest.id if ahead_of_primary else None)
         state = _refuse_unless_switchable(conn, changeset)
         report = SwitchReport(changeset.manifest.id, state.active_version, target_version(changeset))
         _load_successors(conn, changeset, replace=False)  # loaded by prepare; here only if it never ran
@@ -133,12 +140,13 @@ def rollback(engine: Engine, changeset: ChangeSet, now: float, clock=time.monoto
     """Intake frozen: every record the change set moved gets its previous codes back; the previous map is active."""
     started = clock()
     with engine.begin() as conn:
-        state = active_map(conn)
+        state = active_map(conn, lock="update")
         if state.changeset_id != changeset.manifest.id or state.previous_version is None:
             raise SwitchRefused(f"change set {changeset.manifest.id} is not the site's active map (active: "
                                 f"{state.active_version} from {state.changeset_id or 'the site creation'}): "
                                 f"nothing to roll back")
         report = SwitchReport(changeset.manifest.id, state.active_version, state.previous_version)
+        _set_moving(conn, None)
         for record in RECORDS:
             report.moved[record.name] = _restore(conn, record, source=state.active_version,
                                                  target=state.previous_version)
@@ -153,7 +161,7 @@ def check(conn: Connection, report: SwitchReport, resolver: Resolver) -> list[st
     problems = []
     params = _params(report)
     for record in RECORDS:
-        ward = f" OR r.new_ward_code IS NULL" if record.ward else ""
+        ward = " OR r.new_ward_code IS NULL" if record.ward else ""
         rows = conn.execute(text(
             f"SELECT r.record_key, r.old_province_code, r.old_ward_code FROM org_remap r "
             f"WHERE r.changeset_id = :cs AND r.record = :record AND (r.new_province_code IS NULL{ward}) LIMIT 5"),
@@ -299,6 +307,19 @@ def _restore(conn: Connection, record: Record, *, source: date, target: date) ->
     return conn.execute(_text(sql), {"source": source, "target": target}).rowcount
 
 
+def stop_moving(engine: Engine) -> None:
+    """The site's applier stops moving arriving rows (the restructure through a switchover is over)."""
+    with engine.begin() as conn:
+        _set_moving(conn, None)
+
+
+def _set_moving(conn: Connection, changeset_id: str | None) -> None:
+    query = update(site_control).values(org_moves_changeset=changeset_id)
+    if changeset_id is None:  # touches (and locks) no row unless one is set
+        query = query.where(site_control.c.org_moves_changeset.is_not(None))
+    conn.execute(query)
+
+
 def _load_successors(conn: Connection, changeset: ChangeSet, *, replace: bool) -> None:
     """The change set's successor rows, replacing any loaded before under its id (or, unless `replace`, keeping
     them: the freeze does not rewrite ten thousand replicated rows that have not changed)."""
@@ -313,7 +334,7 @@ def _load_successors(conn: Connection, changeset: ChangeSet, *, replace: bool) -
 
 
 def _refuse_unless_switchable(conn: Connection, changeset: ChangeSet) -> MapState:
-    state = active_map(conn)
+    state = active_map(conn, lock="update")
     target = target_version(changeset)
     if state.active_version == target:
         raise AlreadyActive(f"map {target} is already active on this site (change set "

@@ -29,8 +29,14 @@ class NoMapState(LookupError):
     """The database has no org_map_state row: it is not migrated to revision 0006."""
 
 
-def active_map(conn: Connection) -> MapState:
-    row = conn.execute(select(org_map_state).where(org_map_state.c.scope == SCOPE)).mappings().first()
+def active_map(conn: Connection, lock: str | None = None) -> MapState:
+    """The site's map state. `lock` (PostgreSQL; SQLite's writers are serialized anyway): "share" for a writer whose
+    rows depend on the map (the standby's applier moving rows that arrive on an old map), "update" for the switch
+    that changes it, so the two never interleave."""
+    query = select(org_map_state).where(org_map_state.c.scope == SCOPE)
+    if lock is not None:
+        query = query.with_for_update(read=lock == "share")
+    row = conn.execute(query).mappings().first()
     if row is None:
         raise NoMapState("no org_map_state row: run `standbyctl db upgrade` on this site")
     return MapState(_as_date(row["active_version"]), row["changeset_id"], _as_date(row["previous_version"]),

@@ -53,6 +53,9 @@ site_control = Table(
     # The self-fencing deadline (seconds since the epoch) of a primary that holds a lease in the witness: no write
     # commits at or after it. NULL: the site keeps no lease (no witness configured).
     Column("lease_until", Float),
+    # Migration 0006: set on a standby that switched to a change set's map before its primary (the restructure
+    # through a switchover): its applier moves the live rows that still arrive on the old map (address_moves).
+    Column("org_moves_changeset", String(64)),
     CheckConstraint("role IN ('primary', 'standby')", name="role"),
     CheckConstraint("intake_state IN ('open', 'frozen', 'fenced')", name="intake_state"),
 )

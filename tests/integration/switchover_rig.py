@@ -324,6 +324,28 @@ def replicator_processes(config: Path) -> list[tuple[str, int]]:
     return sorted(found)
 
 
+def on_step_intent(monkeypatch, step: str, act) -> None:
+    """Call `act()` once, right after a runbook run in this process journals the intent of `step` (the step has not
+    started): a write or a fault at an exact point of a run, whatever the timing of the traffic."""
+    from cutover.runbook.executor import Executor
+    original, done = Executor._append, []
+
+    def append(self, run_id, step_id, phase, detail):
+        seq = original(self, run_id, step_id, phase, detail)
+        if step_id == step and phase == "intent" and not done:
+            done.append(act())
+        return seq
+
+    monkeypatch.setattr(Executor, "_append", append)
+
+
+def declare_on_site(rig: Rig, site_id: str, tariff, tax_code: str, key: str) -> httpx.Response:
+    """Pre-declare straight on one site's API (not through the front), with its own Idempotency-Key."""
+    body = make_declaration_payload(random.Random(key), Kind.IMPORT, tax_code, "01CA", tariff)
+    return httpx.post(f"{rig.site_url(site_id)}/v1/declarations", json=body, timeout=30, headers={
+        "Authorization": f"Bearer {rig.tokens.declarant(tax_code)}", "Idempotency-Key": key})
+
+
 def pause_replicators(rig: Rig, *streams: str) -> None:
     """SIGSTOP the running replicators of `streams` (all when none named), each at a moment it holds no write lock
     on its source: a replicator writes its source's heartbeat and trims its change log there, and one stopped

@@ -16,14 +16,13 @@ from cutover.actions.failover_journal import step_result
 from cutover.orgchange.loader import load_changeset
 from cutover.orgchange.resolve import Resolver
 from cutover.orgchange.spec import UnitKind
-from cutover.runbook.executor import Executor
 from standby.domain.states import DeclarationState
 from standby.store.orgmap import active_map
 from standby.store.schema import declarations, enterprises
 from standbyctl.cli import main
 from tests.conftest import REPO
 from tests.integration.http_helpers import payload, post
-from tests.integration.switchover_rig import Traffic, build_rig, ledger_problems
+from tests.integration.switchover_rig import Traffic, build_rig, declare_on_site, ledger_problems, on_step_intent
 
 pytestmark = pytest.mark.ray
 
@@ -59,24 +58,6 @@ def snapshot(rig, site: str) -> dict:
         engine.dispose()
 
 
-def _write_after_prepare(monkeypatch, rig, tariff, written: list) -> None:
-    """When the run journals its freeze intent (preparation done, nothing frozen yet), pre-declare one declaration
-    straight on A: a live record the preparation never saw, which the switch must re-map as part of its delta."""
-    original = Executor._append
-
-    def append(self, run_id, step, phase, detail):
-        seq = original(self, run_id, step, phase, detail)
-        if step == "freeze" and phase == "intent" and not written:
-            tax_code = rig.tax_codes()[0]
-            reply = httpx.post(f"{rig.site_url('A')}/v1/declarations", json=payload(tariff, tax_code), timeout=30,
-                               headers={"Authorization": f"Bearer {rig.tokens.declarant(tax_code)}",
-                                        "Idempotency-Key": "after-prepare-1"})
-            written.append(reply)
-        return seq
-
-    monkeypatch.setattr(Executor, "_append", append)
-
-
 @pytest.fixture(scope="module")
 def story(tmp_path_factory, org, tariff, ray_session):
     rig = build_rig(tmp_path_factory.mktemp("org-restructure"), org, enterprises_count=400,
@@ -98,7 +79,10 @@ def _tell(rig, tariff, monkeypatch) -> dict:
     try:
         time.sleep(1.0)
         before = snapshot(rig, "A")
-        _write_after_prepare(monkeypatch, rig, tariff, written)
+        # At the freeze's intent (preparation done, nothing frozen): a live record the preparation never saw, which
+        # the switch must re-map as part of its delta.
+        on_step_intent(monkeypatch, "freeze", lambda: written.append(
+            declare_on_site(rig, "A", tariff, rig.tax_codes()[0], "after-prepare-1")))
         first = run_book(rig, "org-restructure", site="A", standby="B")
         monkeypatch.undo()
         assert first.exit_code == 0, first.output

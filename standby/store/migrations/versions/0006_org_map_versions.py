@@ -62,6 +62,7 @@ def upgrade() -> None:
     for table, columns in NEW_COLUMNS.items():
         for name, type_ in columns:
             op.add_column(table, sa.Column(name, type_, nullable=True))
+    op.add_column('site_control', sa.Column('org_moves_changeset', sa.String(64), nullable=True))  # not captured
     op.create_table(
         'org_map_state',
         sa.Column('scope', sa.String(length=8), nullable=False),
@@ -125,6 +126,7 @@ def downgrade() -> None:
     op.drop_table('org_remap')
     op.drop_table('org_successors')
     op.drop_table('org_map_state')
+    op.drop_column('site_control', 'org_moves_changeset')
     for table, columns in reversed(NEW_COLUMNS.items()):
         for name, _type in reversed(columns):
             op.drop_column(table, name)
