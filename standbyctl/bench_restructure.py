@@ -26,6 +26,8 @@ from standbyctl.bench_switchover_deploy import Deployment, deploy, front_url
 TARGET_IN_PLACE_S = 10.0
 TARGET_VIA_SWITCHOVER_S = 2.0
 IN_PLACE, ROLLBACK, VIA_SWITCHOVER = "org-restructure", "org-rollback", "org-restructure-via-switchover"
+PREPARE_STEPS = ("prepare", "prepare_standby")  # in place / on the standby (via switchover)
+MOVE_STEPS = ("switch", "rollback", "switch_standby")  # the step that moves the records and activates the map
 TARGETS = {IN_PLACE: TARGET_IN_PLACE_S, ROLLBACK: TARGET_IN_PLACE_S, VIA_SWITCHOVER: TARGET_VIA_SWITCHOVER_S}
 
 
@@ -33,15 +35,22 @@ TARGETS = {IN_PLACE: TARGET_IN_PLACE_S, ROLLBACK: TARGET_IN_PLACE_S, VIA_SWITCHO
 
 def run_figures(name: str, entries, status: str, command_at: float) -> dict:
     """One runbook run's figures from its journal: status, freeze_s (the resume step's), drain_s, the prepare step's
-    seconds and counts, the moving step's (switch or rollback) seconds and counts, every step's duration, the
+    seconds and counts, the moving step's (switch, rollback, or the standby's switch via switchover: outside the
+    freeze there) seconds and counts, the old primary's own switch after a switchover, every step's duration, the
     first error."""
     f = figures_from_journal(entries, status, command_at)
-    prepare = step_result(entries, "prepare") or {}
-    moving = next((r for s in ("switch", "rollback") if (r := step_result(entries, s))), {})
+    prepare = _first_result(entries, PREPARE_STEPS)
+    moving = _first_result(entries, MOVE_STEPS)
+    old_primary = step_result(entries, "switch_old_primary") or {}
     return {"runbook": name, "status": status, "freeze_s": f.freeze_s, "drain_s": f.drain_s,
             "to_resume_s": f.to_resume_s, "prepare_s": prepare.get("seconds"), "prepared": prepare.get("prepared"),
             "switch_s": moving.get("seconds"), "moved": moving.get("moved"), "delta": moving.get("delta"),
-            "steps": f.steps, "error": f.error, "frozen_at": f.frozen_at, "resumed_at": f.resumed_at}
+            "old_primary_switch_s": old_primary.get("seconds"), "steps": f.steps, "error": f.error,
+            "frozen_at": f.frozen_at, "resumed_at": f.resumed_at}
+
+
+def _first_result(entries, steps: tuple[str, ...]) -> dict:
+    return next((r for s in steps if (r := step_result(entries, s))), {})
 
 
 def size_verdict(size: dict) -> list[str]:
@@ -78,11 +87,11 @@ def table(result: dict) -> str:
     for size in result["sizes"]:
         seed = f"{_s(size['seed_s'], 1)} ({size['seed_rate']:,.0f})" if size.get("seed_rate") else "—"
         for run in size["runs"]:
-            moved = sum((run["moved"] or {}).values()) if isinstance(run["moved"], dict) else "—"
+            moved = sum(run["moved"].values()) if isinstance(run.get("moved"), dict) else "—"
             lines.append(
                 f"| {size['declarations']:,} ({size['open_share']:.0%}) | {seed} | {run['runbook']} | {run['status']} "
-                f"| {_s(run['prepare_s'])} | {_s(run['freeze_s'])} (≤ {TARGETS[run['runbook']]:g}) | "
-                f"{_s(run['drain_s'])} | {_s(run['switch_s'])} | {moved} | {size['errors']} ({size['retried']}) | "
+                f"| {_s(run.get('prepare_s'))} | {_s(run['freeze_s'])} (≤ {TARGETS[run['runbook']]:g}) | "
+                f"{_s(run.get('drain_s'))} | {_s(run.get('switch_s'))} | {moved} | {size['errors']} ({size['retried']}) | "
                 f"{size['ledger']['describe']} | {'clean' if size['verify_ok'] else 'NOT clean'} |")
     return "\n".join(lines)
 
@@ -127,22 +136,38 @@ def _run_books(dep: Deployment, settings, witness, locust, *, changeset: str, ga
         if locust.poll() is not None:
             raise RuntimeError(f"Locust exited with {locust.returncode}; see {dep.workdir / 'locust.log'}")
         log(f"- {name} {' '.join(f'{k}={v}' for k, v in params.items())} …")
-        log_path = dep.workdir / f"{name}.log"
-        rc, run, command_at = launch_runbook(dep, witness, log_path, name, params, timeout_s=7200)
-        figures = (run_figures(name, witness.entries(run.run_id), run.status, command_at) if run else
-                   {"runbook": name, "status": f"exit {rc}, no run journaled", "freeze_s": None,
-                    "error": log_path.read_text()[-300:]})
+        figures = _run_once_frozen(dep, witness, name, params, log)
         primary = witness.state().primary_site
         figures["ledger"] = ledger_against(dep, settings, primary).describe()
         runs.append(figures)
         log(f"  {name} {figures['status']}: prepare {_s(figures.get('prepare_s'))} s, freeze "
             f"{_s(figures['freeze_s'])} s, drain {_s(figures.get('drain_s'))} s, switch step "
-            f"{_s(figures.get('switch_s'))} s; ledger on {primary}: {figures['ledger']}"
+            f"{_s(figures.get('switch_s'))} s" + (f", old primary's switch {_s(figures['old_primary_switch_s'])} s"
+                                                   if figures.get("old_primary_switch_s") is not None else "")
+            + f"; ledger on {primary}: {figures['ledger']}"
             + (f"; error: {figures['error']}" if figures.get("error") else ""))
         if figures["status"] != "done":
             return runs
         time.sleep(gap_s)
     return runs
+
+
+def _run_once_frozen(dep: Deployment, witness, name: str, params: dict, log, *, refusals: int = 3,
+                     pause_s: float = 10.0) -> dict:
+    """One run of runbook `name` and its figures. A run refused before it froze anything (a precondition, e.g. the
+    standby's lag or the freeze estimate over budget) is run again after `pause_s`, `refusals` times at most, as
+    an operator would; the refusals are in figures["refused"]. A run that froze is never repeated."""
+    log_path, refused = dep.workdir / f"{name}.log", []
+    while True:
+        rc, run, command_at = launch_runbook(dep, witness, log_path, name, params, timeout_s=7200)
+        figures = (run_figures(name, witness.entries(run.run_id), run.status, command_at) if run else
+                   {"runbook": name, "status": f"exit {rc}, no run journaled", "freeze_s": None,
+                    "error": log_path.read_text()[-300:], "frozen_at": None})
+        if figures["status"] == "done" or figures["frozen_at"] is not None or len(refused) >= refusals:
+            return {**figures, "refused": refused}
+        refused.append(figures["error"] or figures["status"])
+        log(f"  refused before freezing ({refused[-1][-160:]}); again in {pause_s:g} s")
+        time.sleep(pause_s)
 
 
 def one_size(base, *, workdir: Path, backend: str, size: int, enterprises_count: int, open_share: float,

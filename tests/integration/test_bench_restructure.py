@@ -16,7 +16,7 @@ from standby.store.engine import make_engine
 from standby.store.migrate import upgrade
 from standby.store.schema import declarations, goods_lines
 from standby.store.seed import seed
-from standbyctl.bench_restructure import IN_PLACE, ROLLBACK, lost_anything, size_verdict
+from standbyctl.bench_restructure import IN_PLACE, ROLLBACK, lost_anything, size_verdict, table
 from tests.conftest import REPO
 
 OPEN = [s.value for s in DeclarationState if not s.is_terminal]
@@ -74,6 +74,19 @@ def test_the_verdict_names_a_slow_freeze_a_failed_run_client_errors_and_anything
                       "3 client errors", "ledger: 1 lost", "verify found differences"]
     assert lost_anything({"sizes": [_size([fine], lost=["1000000000010"])]})
     assert not lost_anything({"sizes": [_size([fine], errors=2)]})
+
+
+def test_the_table_has_a_row_per_run_and_a_dash_for_a_run_that_never_journaled() -> None:
+    done = {"runbook": IN_PLACE, "status": "done", "freeze_s": 4.19, "prepare_s": 1.4, "drain_s": 0.0,
+            "switch_s": 4.13, "moved": {"enterprise": 106000, "declaration": 12678}, "error": None}
+    never = {"runbook": ROLLBACK, "status": "exit 2, no run journaled", "freeze_s": None, "error": "usage"}
+    size = {**_size([done, never]), "declarations": 250_000, "open_share": 0.05, "seed_s": 52.5,
+            "seed_rate": 4761.9, "retried": 0}
+    lines = table({"sizes": [size]}).splitlines()
+    assert len(lines) == 4
+    assert "| 250,000 (5%) | 52.5 (4,762) | org-restructure | done | 1.40 | 4.19 (≤ 10) | 0.00 | 4.13 | 118678 |" \
+        in lines[2]
+    assert "| org-rollback | exit 2, no run journaled | — | — (≤ 10) | — | — | — |" in lines[3]
 
 
 @pytest.mark.ray
