@@ -2,9 +2,9 @@
 
 Contract: :func:`read_touch` runs only SELECTs (group-by counts) on a site's database and returns, per kind, old unit
 code -> :class:`UnitTouch`. Counted: enterprises whose address is in the change set's source map
-(``address_valid_from`` before the effective date), open declarations (state not terminal) of those enterprises by
-the enterprise's address (declarations carry no declarant address of their own yet), customs offices by their
-province and their officers (provinces only; offices carry legacy province codes). :func:`touch_lines` turns that into
+(``address_valid_from`` before the effective date), open declarations (state not terminal) by the declarant's address
+as declared (``declarant_map_version`` before the effective date), customs offices on the source map by their
+province, and their officers (provinces only; offices have no ward). :func:`touch_lines` turns that into
 report lines, per province and per fate, and names codes found on the site that the change set does not map.
 """
 from __future__ import annotations
@@ -49,18 +49,21 @@ def read_touch(engine: Engine, effective: date) -> dict[UnitKind, dict[str, Unit
                                     .where(in_source).group_by(e.province_code, e.ward_code)):
             out[UnitKind.PROVINCE][p].enterprises += n
             out[UnitKind.WARD][w].enterprises += n
-        open_q = (select(e.province_code, e.ward_code, func.count())
-                  .select_from(declarations.join(enterprises, declarations.c.enterprise_tax_code == e.tax_code))
-                  .where(in_source, declarations.c.state.in_(open_states)).group_by(e.province_code, e.ward_code))
+        d = declarations.c
+        open_q = (select(d.declarant_province_code, d.declarant_ward_code, func.count())
+                  .where(d.declarant_map_version < effective, d.state.in_(open_states))
+                  .group_by(d.declarant_province_code, d.declarant_ward_code))
         for p, w, n in conn.execute(open_q):
             out[UnitKind.PROVINCE][p].open_declarations += n
             out[UnitKind.WARD][w].open_declarations += n
         o = customs_offices.c
-        for p, n in conn.execute(select(o.province_code, func.count()).group_by(o.province_code)):
+        office_in_source = o.province_map_version < effective
+        for p, n in conn.execute(select(o.province_code, func.count()).where(office_in_source)
+                                 .group_by(o.province_code)):
             out[UnitKind.PROVINCE][p].offices += n
         officer_q = (select(o.province_code, func.count())
                      .select_from(officers.join(customs_offices, officers.c.office_code == o.code))
-                     .group_by(o.province_code))
+                     .where(office_in_source).group_by(o.province_code))
         for p, n in conn.execute(officer_q):
             out[UnitKind.PROVINCE][p].officers += n
     return {kind: dict(units) for kind, units in out.items()}
