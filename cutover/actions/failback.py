@@ -238,9 +238,7 @@ def report(ctx: ActionContext, args: PairArgs) -> dict:
 
 def register(registry: ActionRegistry) -> ActionRegistry:
     """Add the failback's actions to `registry` (their services must be a Sites)."""
-    for name, (fn, model, read_only, description) in ACTIONS.items():
-        registry.register(name, fn, read_only=read_only, args_model=model, description=description)
-    return registry
+    return registry.register_table(ACTIONS)
 
 
 ACTIONS = {

@@ -302,9 +302,7 @@ def report(ctx: ActionContext, args: ReportArgs) -> dict:
 def register(registry: ActionRegistry) -> ActionRegistry:
     """Add the failover's actions to `registry` (their services must be a Sites). The runbook also uses the
     switchover's `promote`, `resume_intake` and `reachable`, which do the same there."""
-    for name, (fn, model, read_only, description) in ACTIONS.items():
-        registry.register(name, fn, read_only=read_only, args_model=model, description=description)
-    return registry
+    return registry.register_table(ACTIONS)
 
 
 ACTIONS = {

@@ -83,6 +83,13 @@ class ActionRegistry:
             raise ValueError(f"action {name!r} is registered twice")
         self.actions[name] = Action(name, fn, read_only, args_model, description)
 
+    def register_table(self, table: Mapping[str, tuple]) -> "ActionRegistry":
+        """Register every `name: (fn, args_model, read_only, description)` of an action module's table; return
+        the registry, so the composition root can chain the modules."""
+        for name, (fn, model, read_only, description) in table.items():
+            self.register(name, fn, read_only=read_only, args_model=model, description=description)
+        return self
+
     def get(self, name: str) -> Action:
         try:
             return self.actions[name]

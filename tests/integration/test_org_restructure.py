@@ -9,7 +9,6 @@ import time
 import httpx
 import pytest
 import ray
-from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from cutover.actions.failover_journal import step_result
@@ -19,9 +18,9 @@ from cutover.orgchange.spec import UnitKind
 from standby.domain.states import DeclarationState
 from standby.store.orgmap import active_map
 from standby.store.schema import declarations, enterprises
-from standbyctl.cli import main
 from tests.conftest import REPO
 from tests.integration.http_helpers import payload, post
+from tests.integration.test_failback import run_book
 from tests.integration.switchover_rig import Traffic, build_rig, declare_on_site, ledger_problems, on_step_intent
 
 pytestmark = pytest.mark.ray
@@ -29,14 +28,6 @@ pytestmark = pytest.mark.ray
 CHANGESET = REPO / "config" / "changesets" / "vn-2025-two-tier" / "changeset.yaml"
 LEGACY, NEW = "1900-01-01", "2025-07-01"
 OPEN = [s.value for s in DeclarationState if not s.is_terminal]
-
-
-def run_book(rig, name: str, **params):
-    argv = ["--config", str(rig.config), "runbook", "run", name, "--yes", "--operator", "test-operator",
-            "--metrics-port", "0"]
-    for key, value in params.items():
-        argv += ["--param", f"{key}={value}"]
-    return CliRunner().invoke(main, argv)
 
 
 def step_detail(rig, runbook: str, step: str) -> dict:

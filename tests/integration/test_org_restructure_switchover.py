@@ -12,7 +12,8 @@ import ray
 from standby.domain.states import SiteRole
 from tests.integration.switchover_rig import Traffic, build_rig, declare_on_site, ledger_problems, on_step_intent
 from tests.pg_fixtures import pg_cluster  # noqa: F401
-from tests.integration.test_org_restructure import NEW, OPEN, run_book, snapshot, step_detail
+from tests.integration.test_failback import run_book
+from tests.integration.test_org_restructure import NEW, OPEN, snapshot, step_detail
 
 pytestmark = pytest.mark.ray
 
