@@ -17,6 +17,7 @@ from standbyctl.context import CliContext, pass_cli
 from standby.domain.states import SiteRole
 from standby.store.engine import make_engine
 from standby.store.migrate import current_revision
+from standby.store.orgmap import active_map
 from standby.store.schema import declarations, enterprises, replication_state
 from standby.store.site import read_control
 
@@ -52,6 +53,9 @@ def status(cli: CliContext, site_ids: tuple[str, ...], as_json: bool) -> None:
         if r["witness_warning"]:
             click.secho(f"  WARNING: {r['witness_warning']}", fg="red")
         click.echo(f"  enterprises {r['enterprises']:,}; declarations: {states}")
+        org_map = r["org_map"]
+        click.echo(f"  org map in force: {org_map['active_version']}"
+                   + (f" (change set {org_map['changeset']})" if org_map["changeset"] else " (as created)"))
         for st in r["replication"]:
             lag = f"{st['heartbeat_lag_s']:.1f} s behind the primary's last heartbeat" \
                 if st["heartbeat_lag_s"] is not None else "no heartbeat applied yet"
@@ -116,6 +120,7 @@ def _site_status(settings, site_id: str) -> dict:
             by_state = dict(conn.execute(select(declarations.c.state, func.count()).group_by(declarations.c.state)).all())
             n_ent = conn.execute(select(func.count()).select_from(enterprises)).scalar()
             streams = _streams(conn)
+            org_map = active_map(conn)
         schema = current_revision(engine)
     except OperationalError as exc:
         return {"site": site_id, "error": f"database unreachable: {exc.orig}"}
@@ -129,4 +134,5 @@ def _site_status(settings, site_id: str) -> dict:
         api = "not running"
     return {"site": site_id, "role": control.role.value, "epoch": control.epoch,
             "intake_state": control.intake_state.value, "primary_site": control.primary_site, "schema": schema,
-            "enterprises": n_ent, "declarations_by_state": by_state, "api": api, "replication": streams}
+            "enterprises": n_ent, "declarations_by_state": by_state, "api": api, "replication": streams,
+            "org_map": {"active_version": org_map.active_version.isoformat(), "changeset": org_map.changeset_id}}

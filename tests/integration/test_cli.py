@@ -43,6 +43,8 @@ def test_upgrade_seed_status_round_trip(config):
     rows = {r["site"]: r for r in json.loads(status.output)}
     assert rows["A"]["role"] == "primary" and rows["A"]["enterprises"] == 1500 and rows["A"]["api"] == "not running"
     assert rows["B"]["role"] == "standby" and rows["B"]["primary_site"] == "A"
+    assert rows["A"]["org_map"] == {"active_version": "1900-01-01", "changeset": None}
+    assert "org map in force: 1900-01-01 (as created)" in run(config, "status").output
     assert rows["A"]["witness_primary"] == "A" and rows["B"]["witness_epoch"] == 1
     assert rows["A"]["witness_warning"] is None and rows["B"]["witness_warning"] is None
 
