@@ -97,6 +97,9 @@ def upgrade() -> None:
         sa.CheckConstraint("record IN ('enterprise', 'declaration', 'office')", name=op.f('ck_org_remap_record')),
         sa.PrimaryKeyConstraint('changeset_id', 'record', 'record_key', name=op.f('pk_org_remap')),
     )
+    # The switch finds the open declarations on a map through this, never reading the closed ones.
+    op.create_index(op.f('ix_declarations_declarant_map_version_state'), 'declarations',
+                    ['declarant_map_version', 'state'])
     # Fill with capture off: every site runs this migration itself, so the fill is not a change to replicate.
     if sqlite:
         op.execute("UPDATE capture_txn SET capture = 0 WHERE id = 1")
@@ -123,6 +126,7 @@ def downgrade() -> None:
         for table in CAPTURED:
             for statement in drop_capture_triggers(table):
                 op.execute(statement)
+    op.drop_index(op.f('ix_declarations_declarant_map_version_state'), table_name='declarations')
     op.drop_table('org_remap')
     op.drop_table('org_successors')
     op.drop_table('org_map_state')
