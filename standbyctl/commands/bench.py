@@ -313,7 +313,7 @@ def _row_json(row: dict) -> dict:
 @click.option("--gap-s", type=click.FloatRange(0, 3600), default=5, show_default=True,
               help="seconds between one runbook's end and the next one's start")
 @click.option("--changeset", default="config/changesets/vn-2025-two-tier/changeset.yaml", show_default=True)
-@click.option("--quick", is_flag=True, help="a small run for the test suite: 20,000 declarations, 3,000 "
+@click.option("--quick", is_flag=True, help="a small run for the test suite: 5,000 declarations, 1,000 "
               "enterprises, 3 s warm-up, no gap (overrides those options)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write the results as JSON here")
 @pass_cli
@@ -344,7 +344,7 @@ def restructure(cli: CliContext, sizes: str, enterprises_count: int, open_share:
     except ValueError:
         fail(f"--declarations takes whole numbers separated by commas, got {sizes!r}", 2)
     if quick:
-        chosen, enterprises_count, warmup_s, gap_s = [20_000], 3_000, 3.0, 0.0
+        chosen, enterprises_count, warmup_s, gap_s = [5_000], 1_000, 3.0, 0.0
     if not chosen or any(n < 1000 for n in chosen):
         fail("--declarations needs at least one size, each at least 1000", 2)
     settings = cli.settings
