@@ -107,14 +107,15 @@ def choose_version(kind: str, code: str, rows: list[UnitRow], active: date, name
     if named is not None:
         if named not in by_version:
             where = ", ".join(map_label(v) for v in sorted(by_version)) or "no map version"
-            raise UnknownUnit(f"{kind} {code} does not exist in the {map_label(named)} map (it exists in {where})")
+            raise UnknownUnit(f"{kind} {_shown(code)} does not exist in the {map_label(named)} map (it exists in "
+                              f"{where})")
         chosen, how = by_version[named], "named"
     elif active in by_version:
         chosen, how = by_version[active], "active_map"
     elif by_version:
         chosen, how = by_version[max(by_version)], "only_version"
     else:
-        raise UnknownUnit(f"no {kind} with code {code} in any map version of this site")
+        raise UnknownUnit(f"no {kind} with code {_shown(code)} in any map version of this site")
     return Choice(chosen, how, tuple(r for v, r in sorted(by_version.items()) if v != chosen.version))
 
 
@@ -258,3 +259,8 @@ def unit_lines(r: Resolution) -> list[str]:
     lines += [f"  searched: {x['codes']} codes in map {x['map']}: {', '.join(x['unit_codes'])}"
               for x in r.search.as_list()]
     return lines
+
+
+def _shown(code: str) -> str:
+    """A code as an error message quotes it: an oversized one is cut, not echoed whole."""
+    return code if len(code) <= 16 else f"{code[:16]}… ({len(code)} characters)"
