@@ -152,10 +152,10 @@ def write_plots(stats: RunStats, slos_targets: dict, params: dict, out_dir: Path
 
 
 # -------------------------------------------------------------------------------------------------------------- HTML
-_CSS = """
+CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1000px;color:#222}
 .verdict{font-size:1.8em;font-weight:bold;padding:.5em .7em;border-radius:6px;color:#fff}
-.pass{background:#27ae60}.fail{background:#c0392b}.nm{background:#f39c12}
+.verdict.pass{background:#27ae60}.verdict.fail{background:#c0392b}.verdict.nm{background:#f39c12}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .7em;text-align:left}
 tr.pass td.v{background:#d5f5e3}tr.fail td.v{background:#fadbd8}tr.nm td.v{background:#fdebd0}
 .knee{font-size:1.2em;margin:1em 0}img{max-width:100%;display:block;margin:.5em 0}
@@ -166,7 +166,7 @@ def _row_class(v: Verdict) -> str:
     return "pass" if v.passed else ("fail" if v.passed is False else "nm")
 
 
-def _table(table_id: str, headers: Sequence[str], rows: Sequence[tuple[str, Sequence[str], str]]) -> str:
+def html_table(table_id: str, headers: Sequence[str], rows: Sequence[tuple[str, Sequence[str], str]]) -> str:
     """An HTML table; each row is (css class, cells, verdict cell), all plain text (escaped here)."""
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in headers)
@@ -176,7 +176,7 @@ def _table(table_id: str, headers: Sequence[str], rows: Sequence[tuple[str, Sequ
 
 
 def _steps_table(steps: Sequence[Step]) -> str:
-    return _table("steps", ("load step", "s", "green p99", "errors", "lag p99", "SLOs"), [
+    return html_table("steps", ("load step", "s", "green p99", "errors", "lag p99", "SLOs"), [
         ("fail" if st.broken else "pass",
          (describe_step(st), f"{st.seconds:.0f}", _ms(st.green_p99_ms),
           "" if st.error_rate is None else f"{st.error_rate * 100:.2f}%", _ms(st.lag_p99_ms)),
@@ -203,7 +203,7 @@ def write_report(stats: RunStats, results: Sequence[Verdict], knee: Knee | None,
         line = verdict_line(results, params)
         cls = "fail" if line.startswith("FAIL") else ("nm" if any(v.passed is None for v in results) else "pass")
     e = html.escape
-    table = _table("slo-table", ("SLO", "target", "measured", "note", "verdict"), [
+    table = html_table("slo-table", ("SLO", "target", "measured", "note", "verdict"), [
         (_row_class(v), (v.name, _fmt(v.target, v.unit),
                          _fmt(v.measured, v.unit) if v.measured is not None else "not measured", v.note),
          "PASS" if v.passed else ("FAIL" if v.passed is False else "NOT MEASURED")) for v in results])
@@ -220,7 +220,7 @@ def write_report(stats: RunStats, results: Sequence[Verdict], knee: Knee | None,
         f"{base64.b64encode(p.read_bytes()).decode()}'>" for name, p in pngs.items())
     if not pngs:
         imgs = "<p>No plots: the run has no stats history (run Locust with --csv-full-history).</p>"
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>Capacity report</title><style>{_CSS}</style></head>
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>Capacity report</title><style>{CSS}</style></head>
 <body><h1>Capacity load test report</h1>
 <div class="verdict {cls}" id="verdict">{e(line)}</div>
 <h2>{'Load steps' if steps else 'SLOs'}</h2>{_steps_table(steps) if steps else ''}

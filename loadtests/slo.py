@@ -198,20 +198,26 @@ def read_locust_csv(prefix: Path | str) -> RunStats:
             type=key[0], name=key[1], requests=_int(r["Request Count"]), failures=_int(r["Failure Count"]),
             avg_ms=_num(r.get("Average Response Time")), max_ms=_num(r.get("Max Response Time")),
             requests_per_s=_num(r.get("Requests/s")), percentiles={c: _num(r[c]) for c in pcols})
-    history: list[HistoryRow] = []
     hpath = Path(f"{prefix}_stats_history.csv")
-    if hpath.exists():
-        hfields, hraw = _read_csv(hpath, _HISTORY_REQUIRED)
-        hp = _percentile_columns(hfields)
-        for r in hraw:
-            history.append(HistoryRow(
-                ts=_int(r["Timestamp"]), users=_int(r["User Count"]), type=r["Type"], name=r["Name"],
-                requests_per_s=_num(r["Requests/s"]), failures_per_s=_num(r["Failures/s"]),
-                percentiles={c: _num(r[c]) for c in hp}, total_requests=_int(r["Total Request Count"]),
-                total_failures=_int(r["Total Failure Count"]), total_avg_ms=_num(r.get("Total Average Response Time")),
-                total_max_ms=_num(r.get("Total Max Response Time"))))
-        history.sort(key=lambda h: h.ts)  # stable: keeps Locust's row order within a second
+    history = read_history(hpath) if hpath.exists() else []
     return RunStats(prefix=prefix, rows=rows, history=history, latency=read_latency_logs(prefix))
+
+
+def read_history(path: Path) -> list[HistoryRow]:
+    """Parse a PREFIX_stats_history.csv (Locust's --csv-full-history), sorted by second; ValueError naming the file
+    when it cannot be read or lacks Locust's columns."""
+    history: list[HistoryRow] = []
+    hfields, hraw = _read_csv(path, _HISTORY_REQUIRED)
+    hp = _percentile_columns(hfields)
+    for r in hraw:
+        history.append(HistoryRow(
+            ts=_int(r["Timestamp"]), users=_int(r["User Count"]), type=r["Type"], name=r["Name"],
+            requests_per_s=_num(r["Requests/s"]), failures_per_s=_num(r["Failures/s"]),
+            percentiles={c: _num(r[c]) for c in hp}, total_requests=_int(r["Total Request Count"]),
+            total_failures=_int(r["Total Failure Count"]), total_avg_ms=_num(r.get("Total Average Response Time")),
+            total_max_ms=_num(r.get("Total Max Response Time"))))
+    history.sort(key=lambda h: h.ts)  # stable: keeps Locust's row order within a second
+    return history
 
 
 def freeze_events(history: Sequence[HistoryRow]) -> list[tuple[int, float]]:
