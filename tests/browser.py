@@ -4,8 +4,8 @@ Debian's headless Chromium (driven by Playwright; the browser is the system's, P
     from tests.browser import open_report
     page = open_report(workdir / "report.html")      # skips the test when Chromium is missing (fails on CI=true)
     assert page.title and page.verdict.startswith(("PASS", "FAIL"))
-    assert page.images and all(img.natural_width > 0 for img in page.images)
-    assert [row[1] for row in page.steps] ...         # the step table's cells, as the browser renders their text
+    assert page.images and all(width > 0 for _src, width in page.images)   # (src, naturalWidth) pairs
+    assert [row[1] for row in page.steps] == [s["title"] for s in drill["steps"]]   # cells' main text
 
 Chromium is looked for as `chromium` on PATH, then /usr/bin/chromium (`./run test` installs it as root). Without
 it the calling test is skipped with a note, except under CI=true, where it fails: CI must never turn a missing
@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -51,23 +52,24 @@ def require_chromium() -> str:
     return path
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(NamedTuple):
     src: str  # as written in the page (relative)
     natural_width: int  # 0: the browser could not load or decode it
-    natural_height: int
 
 
 @dataclass(frozen=True)
 class ReportPage:
-    """What the browser showed. Table rows are lists of the cells' rendered text (innerText, stripped; a cell's
-    sub-line comes after a newline); header rows (th only) are left out."""
+    """What the browser showed. A table row is a list of its cells' main text (whitespace collapsed, without the
+    grey sub-line a cell may have, e.g. the step's id under its title or the target under a figure);
+    `steps_full` has each cell's whole rendered text (innerText: the sub-line after a newline). Header rows (th
+    only) are left out."""
 
     url: str
     title: str
     verdict: str  # the text of #verdict; "" when the page has none
     images: list[Image]
     steps: list[list[str]]  # rows of table#steps' tbody
+    steps_full: list[list[str]]
     slos: list[list[str]]  # rows of table#slos
     failed_requests: list[str] = field(default_factory=list)  # URLs the page asked for and did not get
     console_errors: list[str] = field(default_factory=list)
@@ -94,16 +96,22 @@ def serve_folder(folder: Path) -> Iterator[str]:
 
 
 _READ_PAGE = """() => {
-  const rows = (sel) => Array.from(document.querySelectorAll(sel))
+  const main = (cell) => {
+    const copy = cell.cloneNode(true);
+    copy.querySelectorAll('.sub').forEach(e => e.remove());
+    return copy.textContent.replace(/\\s+/g, ' ').trim();
+  };
+  const table = (sel, text) => Array.from(document.querySelectorAll(sel))
       .filter(tr => tr.querySelector('td'))
-      .map(tr => Array.from(tr.cells).map(c => c.innerText.trim()));
+      .map(tr => Array.from(tr.cells).map(text));
+  const rows = (sel) => table(sel, main);
   const verdict = document.querySelector('#verdict');
   return {
     title: document.title,
     verdict: verdict ? verdict.innerText.trim() : '',
-    images: Array.from(document.images).map(i => ({src: i.getAttribute('src'), w: i.naturalWidth,
-                                                  h: i.naturalHeight})),
+    images: Array.from(document.images).map(i => ({src: i.getAttribute('src'), w: i.naturalWidth})),
     steps: rows('table#steps tbody tr'),
+    steps_full: table('table#steps tbody tr', c => c.innerText.trim()),
     slos: rows('table#slos tr'),
   };
 }"""
@@ -148,5 +156,6 @@ def _show(browser, url: str) -> ReportPage:
     shown = page.evaluate(_READ_PAGE)
     page.close()
     return ReportPage(url=url, title=shown["title"], verdict=shown["verdict"],
-                      images=[Image(i["src"], i["w"], i["h"]) for i in shown["images"]],
-                      steps=shown["steps"], slos=shown["slos"], failed_requests=failed, console_errors=errors)
+                      images=[Image(i["src"], i["w"]) for i in shown["images"]], steps=shown["steps"],
+                      steps_full=shown["steps_full"], slos=shown["slos"], failed_requests=failed,
+                      console_errors=errors)

@@ -249,7 +249,10 @@ def draw_timeline(tl: Timeline, spans: Sequence[Span], x_end: float, path: Path,
     axes[-1].set_xlabel("seconds since the drill started")
     fig.legend(handles=_legend_keys(spans), loc="lower right", bbox_to_anchor=(0.99, 0.005), fontsize=8,
                ncol=3, frameon=False)
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    # Fixed margins rather than tight_layout, which measured every label and took seconds: room on the right for
+    # the legends, above the first panel for the step labels, below for the x label and the window keys.
+    top = 1 - 0.75 / fig.get_figheight()
+    fig.subplots_adjust(left=0.07, right=0.85, top=top, bottom=0.75 / fig.get_figheight(), hspace=0.32)
     fig.savefig(path, format="png")
     plt.close(fig)
     return path
