@@ -136,7 +136,7 @@ def _run_books(dep: Deployment, settings, witness, locust, *, changeset: str, ga
         if locust.poll() is not None:
             raise RuntimeError(f"Locust exited with {locust.returncode}; see {dep.workdir / 'locust.log'}")
         log(f"- {name} {' '.join(f'{k}={v}' for k, v in params.items())} …")
-        figures = _run_once_frozen(dep, witness, name, params, log)
+        figures = run_once_frozen(dep, witness, name, params, log)
         primary = witness.state().primary_site
         figures["ledger"] = ledger_against(dep, settings, primary).describe()
         runs.append(figures)
@@ -152,7 +152,7 @@ def _run_books(dep: Deployment, settings, witness, locust, *, changeset: str, ga
     return runs
 
 
-def _run_once_frozen(dep: Deployment, witness, name: str, params: dict, log, *, refusals: int = 3,
+def run_once_frozen(dep: Deployment, witness, name: str, params: dict, log, *, refusals: int = 3,
                      pause_s: float = 10.0) -> dict:
     """One run of runbook `name` and its figures. A run refused before it froze anything (a precondition, e.g. the
     standby's lag or the freeze estimate over budget) is run again after `pause_s`, `refusals` times at most, as

@@ -252,11 +252,13 @@ def verdict(rows: list[dict], final: LedgerCheck, verify_ok: bool, errors: int,
 
 # -- the run ----------------------------------------------------------------------------------------------------------
 
-def start_locust(dep: Deployment, settings, multiplier: float) -> subprocess.Popen:
+def start_locust(dep: Deployment, settings, multiplier: float, ramp_s: float | None = None) -> subprocess.Popen:
     """Locust headless at `multiplier` x design (steady shape) against the front, with the client-side ledger;
-    it runs until stopped (SIGTERM)."""
+    it runs until stopped (SIGTERM). `ramp_s`: the users start over this many seconds (the profile's by default)."""
     root = settings.root
     profile = yaml.safe_load((root / "config/loadtest.yaml").read_text())
+    if ramp_s is not None:
+        profile["steady"]["ramp_s"] = ramp_s
     profile["steady"]["duration_s"] = 6 * 3600  # the steady shape ends after its duration: outlast every switchover
     profile["tariff"] = str(settings.path(Path(profile["tariff"])))
     (dep.workdir / "loadtest.yaml").write_text(yaml.safe_dump(profile))
@@ -312,15 +314,16 @@ def ledger_against(dep: Deployment, settings, site: str) -> LedgerCheck:
 
 def launch_runbook(dep: Deployment, witness, log_path: Path, name: str, params: dict[str, str],
                    timeout_s: float = 1800):
-    """`standbyctl runbook run NAME --param K=V … --yes --operator bench` in its own process, its output appended
+    """`standbyctl runbook run NAME --param K=V … --yes --operator OPERATOR` in its own process, its output appended
     to `log_path`. Returns (exit code, the run's record in the witness or None when none was journalled, the Unix
     time the command was started)."""
     command_at = time.time()
     args = [a for k, v in params.items() for a in ("--param", f"{k}={v}")]
     with log_path.open("a") as out:
-        rc = subprocess.run(dep.cli_args("runbook", "run", name, *args, "--yes", "--operator", "bench",
+        rc = subprocess.run(dep.cli_args("runbook", "run", name, *args, "--yes", "--operator", dep.operator,
                                          "--metrics-port", "0"),
-                            stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+                            stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s,
+                            start_new_session=True).returncode  # Ctrl-C at the terminal: the caller decides
     run = next((r for r in witness.runs(5) if r.runbook == name and r.started_at >= command_at - 1), None)
     return rc, run, command_at
 

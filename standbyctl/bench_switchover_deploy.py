@@ -35,6 +35,7 @@ class Deployment:
         self.procs: dict[str, subprocess.Popen] = {}
         self.clusters: list = []
         self.started_ray = False
+        self.operator = "bench"  # the operator identity the runbooks it launches run under
 
     def cli_args(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "standbyctl.cli", "--config", str(self.config), *args]

@@ -23,7 +23,7 @@ COMMANDS = {
     "loadtest": "standbyctl.commands.loadtest:loadtest", "witness": "standbyctl.commands.witness:witness",
     "runbook": "standbyctl.commands.runbook:runbook", "front": "standbyctl.commands.front:front",
     "watch": "standbyctl.commands.watch:watch", "failover": "standbyctl.commands.failover:failover",
-    "orgchange": "standbyctl.commands.orgchange:orgchange",
+    "orgchange": "standbyctl.commands.orgchange:orgchange", "drill": "standbyctl.commands.drill:drill",
 }
 
 

@@ -1,0 +1,1 @@
+"""standbyctl drill: the disaster-recovery drill (plan, run, sampler, judgement, report)."""
