@@ -65,6 +65,11 @@ class StopRequest:
             self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
+    def reinstall(self) -> None:
+        """Take the signals back: ray.init() in this process installs its own fatal SIGTERM handler."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
     def __exit__(self, *_exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
@@ -320,6 +325,7 @@ def main_run(base, options: DrillOptions, log) -> dict:
     with StopRequest(log) as stop:
         try:
             start(d, base)
+            stop.reinstall()
             d.save()
             sampler = Sampler(d.settings, d.dep.config, d.workdir / "samples.jsonl", log).start()
             _warm_up(d, stop)
