@@ -62,13 +62,25 @@ def slo_table(slos: list[dict]) -> str:
                    "[default: var/drill]")
 @click.option("--operator", default=None, help="who runs the drill: every runbook run is recorded under this name "
                                                "in the witness  [default: your login name]")
+@click.option("--existing", is_flag=True,
+              help="drill the running sites, witness and front the settings file (--config) names instead of "
+                   "starting its own: it starts only Locust, never seeds, and kills only with --kill-primary; "
+                   "--backend, --enterprises and --declarations do not apply")
+@click.option("--kill-primary", "kill_command", metavar="COMMAND", default=None,
+              help="with --existing: the shell command that kills the primary for the failover step, {site} "
+                   "replaced by its id (e.g. \"ssh {site}-host 'pkill -9 -f standbyctl'\"); without it the "
+                   "failover and failback steps are skipped")
+@click.option("--restart-site", "restart_command", metavar="COMMAND", default=None,
+              help="with --existing: the shell command that starts the killed site again for the failback ({site} "
+                   "replaced); without it the drill waits up to 5 minutes for the site's supervisor to restart it")
 @click.option("--report-from", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="draw the report again from a drill's run folder and exit (no drill is run)")
 @click.option("--json", "as_json", is_flag=True, help="print drill.json at the end")
 @pass_cli
 def drill(cli: CliContext, quick: bool, backend: str, multiplier: float, enterprises_count: int | None,
           declarations: int | None, warmup_s: float | None, gap_s: float | None, workdir: Path | None,
-          operator: str | None, report_from: Path | None, as_json: bool) -> None:
+          operator: str | None, existing: bool, kill_command: str | None, restart_command: str | None,
+          report_from: Path | None, as_json: bool) -> None:
     """The disaster-recovery drill: would the standby save us tonight? One command, with evidence.
 
     \b
@@ -93,7 +105,7 @@ def drill(cli: CliContext, quick: bool, backend: str, multiplier: float, enterpr
     stop at once). The last line says which.
     """
     settings = cli.settings
-    root = workdir or settings.path(settings.data_dir) / "drill"
+    root = (workdir or settings.path(settings.data_dir) / "drill").resolve()  # its processes run inside it
     if report_from is not None:
         sys.exit(_report_only(report_from))
     from standbyctl.drill.run import FULL, QUICK, DrillOptions, main_run
@@ -105,11 +117,21 @@ def drill(cli: CliContext, quick: bool, backend: str, multiplier: float, enterpr
         declarations=declarations if declarations is not None else preset["declarations"],
         warmup_s=warmup_s if warmup_s is not None else preset["warmup_s"],
         gap_s=gap_s if gap_s is not None else preset["gap_s"], ramp_s=preset["ramp_s"], workdir=root,
-        command=" ".join(["standbyctl", *map(shlex.quote, sys.argv[1:])]), operator=operator or _login())
-    _check_backend(backend)
-    click.echo(f"drill ({'quick' if quick else 'full'}) on {backend} at {multiplier:g}x design: "
-               f"{options.enterprises:,} enterprises, {options.declarations:,} historical declarations; "
-               f"run folder {root}")
+        command=" ".join(["standbyctl", *map(shlex.quote, sys.argv[1:])]), operator=operator or _login(),
+        existing=cli.config_path.resolve() if existing else None, kill_command=kill_command,
+        restart_command=restart_command)
+    _check_workdir(settings, root)
+    if existing:
+        click.echo(f"drill ({'quick' if quick else 'full'}) of the running sites of {cli.config_path} at "
+                   f"{multiplier:g}x design; run folder {root}")
+    else:
+        if kill_command or restart_command:
+            fail("--kill-primary and --restart-site are for --existing: a drill's own sites are killed and "
+                 "restarted by the drill", 2)
+        _check_backend(backend)
+        click.echo(f"drill ({'quick' if quick else 'full'}) on {backend} at {multiplier:g}x design: "
+                   f"{options.enterprises:,} enterprises, {options.declarations:,} historical declarations; "
+                   f"run folder {root}")
     document = main_run(settings, options, click.echo)
     _print_outcome(document, root, as_json)
 
@@ -148,6 +170,16 @@ def _print_outcome(document: dict, root: Path, as_json: bool) -> None:
     v = document["verdict"]
     click.secho(v["line"], fg="green" if v["passed"] else "red", bold=True)
     sys.exit(v["exit_code"])
+
+
+def _check_workdir(settings, root: Path) -> None:
+    """The run folder is emptied first: refuse one that holds the settings' own data (databases, tokens)."""
+    kept = [settings.path(settings.auth.tokens_file), settings.path(settings.data_dir)]
+    kept += [Path(url.removeprefix("sqlite:///")) for url in
+             [settings.database_url(s) for s in settings.sites] + [settings.witness_url] if url.startswith("sqlite")]
+    for path in kept:
+        if path.resolve() == root or root in path.resolve().parents:
+            fail(f"--workdir {root} would be emptied, and it holds {path}: choose a folder of the drill's own", 2)
 
 
 def _check_backend(backend: str) -> None:

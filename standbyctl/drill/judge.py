@@ -61,22 +61,21 @@ def judge(params: dict, records: list[dict], extra: dict, *, interrupted: bool, 
     start = (params.get("load_started_at") or 0) + float(params.get("ramp_s") or 0)
     end = extra.get("stop_at") or params.get("ended_at") or start
     spans = disturbed_spans(records)
-    green_p99 = requests = failures = None
+    requests = failures = None
     if Path(f"{workdir / 'locust'}_stats.csv").exists():
         stats = read_locust_csv(workdir / "locust")
-        requests, failures = stats.requests, stats.failures
-        green_p99 = steady_percentile(stats.latency, DECISION, 0.99, start, end, spans)
+        requests, failures, histograms = stats.requests, stats.failures, stats.latency
     else:
         histograms = read_latency_logs(workdir / "locust")
-        green_p99 = steady_percentile(histograms, DECISION, 0.99, start, end, spans) if histograms else None
+    green_p99 = steady_percentile(histograms, DECISION, 0.99, start, end, spans)
+    decisions = sum(sum(c.values()) for ts, c in histograms.get(DECISION, {}).items()
+                    if steady(ts, start, end, spans) and steady(ts + 1, start, end + 1, spans))
     lags = [s["lag_s"] for s in read_samples(workdir / "samples.jsonl")
             if s.get("lag_s") is not None and steady(s["at"], start, end, spans)]
     table = slo_verdicts(records, green_p99_ms=green_p99, lag_samples_s=lags, requests=requests or 0,
                          failures=failures or 0, slos=slos)
     problems = correctness_problems(records, extra.get("final_ledger"), extra.get("final_verify"))
-    if extra.get("error"):
-        problems.insert(0, f"the drill broke off: {extra['error']}")
-    result = verdict(problems, table, interrupted)
+    result = verdict(problems, table, interrupted, broke_off=extra.get("error"))
     return {"params": params, "steps": records, **extra, "steady": {"seconds_from": start, "seconds_to": end,
-            "disturbed": spans, "lag_samples": len(lags)},
+            "disturbed": spans, "lag_samples": len(lags), "decisions": decisions},
             "slos": [s.as_dict() for s in table], "verdict": result}

@@ -183,11 +183,16 @@ def slo_verdicts(steps: list[dict], *, green_p99_ms: float | None, lag_samples_s
     return rows
 
 
-def verdict(problems: list[str], slos: list[Slo], interrupted: bool) -> dict:
+def verdict(problems: list[str], slos: list[Slo], interrupted: bool, broke_off: str | None = None) -> dict:
     """The drill's verdict: {"passed", "line", "reasons", "exit_code"}. Exit codes: 0 every step done, nothing lost
-    or doubled, verify clean and every SLO met; 1 something lost, doubled, a verify difference or a step failed;
-    3 correct but an SLO missed; 130 stopped by the operator (Ctrl-C / SIGTERM) with nothing lost."""
+    or doubled, verify clean and every SLO met; 1 something lost, doubled, a verify difference or a step failed, or
+    the drill broke off (`broke_off`: why, e.g. a site that would not start); 3 correct but an SLO missed; 130
+    stopped by the operator (Ctrl-C / SIGTERM) with nothing lost."""
     missed = [f"{s.name} {s.measured} (target {s.target})" for s in slos if s.passed is False]
+    if broke_off:
+        return {"passed": False, "exit_code": 1, "reasons": [broke_off] + problems + missed,
+                "line": f"FAIL (the drill broke off): {broke_off}"
+                        + (f"; and: {'; '.join(problems)}" if problems else "")}
     if problems:
         return {"passed": False, "exit_code": 1, "reasons": problems + missed,
                 "line": "FAIL (lost, doubled or inconsistent): " + "; ".join(problems)}

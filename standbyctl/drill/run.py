@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from standbyctl.bench_failover import (kill_site, runbook_figures, start_site, wait_first_write, wait_lease_gone)
+from standbyctl.bench_failover import runbook_figures, wait_first_write, wait_lease_gone
 from standbyctl.bench_failover_figures import failover_rpo, reconcile_counts
 from standbyctl.bench_restructure import run_once_frozen
 from standbyctl.bench_switchover import (LedgerCheck, count_events, hold_delta, ledger_against, scrape,
@@ -29,6 +30,7 @@ from standbyctl.bench_switchover import (LedgerCheck, count_events, hold_delta, 
 from standbyctl.bench_switchover_deploy import Deployment, deploy
 from standbyctl.drill.plan import DrillStep, StepKind, StepStatus, drill_plan
 from standbyctl.drill.sampler import Sampler
+from standbyctl.drill.sites import EmbeddedSites, RunningSites, check_running
 
 GRACE_S = 2.0  # after a freeze or a failover gap: held writes released, answers on their way
 
@@ -48,6 +50,9 @@ class DrillOptions:
     workdir: Path
     command: str
     operator: str = "drill"
+    existing: Path | None = None  # the settings file of running sites (--existing); None: the drill deploys its own
+    kill_command: str | None = None
+    restart_command: str | None = None
 
 
 QUICK = {"enterprises": 2_000, "declarations": 0, "warmup_s": 8.0, "gap_s": 3.0, "ramp_s": 4.0}
@@ -96,6 +101,8 @@ class Drill:
     records: list[dict] = field(default_factory=list)
     params: dict = field(default_factory=dict)
     load_started_at: float | None = None
+    sites: EmbeddedSites | RunningSites = field(default_factory=EmbeddedSites)
+    token_label: str | None = None  # running sites: the run's tokens, revoked at the end
 
     @property
     def workdir(self) -> Path:
@@ -155,9 +162,9 @@ def run_failover(d: Drill, step: DrillStep, record: dict) -> None:
     """kill -9 of every process of the primary; the failover runbook once the witness's lease expired (as an
     operator would); RTO to the first write the new primary acknowledged; RPO beside the ledger."""
     epoch = d.witness.state().epoch
-    kill_at, killed = kill_site(d.dep, step.source)
+    kill_at, killed = d.sites.kill(d.dep, step.source)
     record["killed_at"] = kill_at
-    d.log(f"  killed {step.source}: serve, {killed['workers']} Ray workers, {killed['replicators']} replicator(s)")
+    d.log(f"  killed {step.source}: {killed}")
     wait_lease_gone(d.witness, step.source, epoch)
     failover, _took = runbook_figures(d.dep, d.witness, d.workdir / f"step-{step.n}-failover.log", "failover",
                                       step.params)
@@ -175,7 +182,7 @@ def run_failover(d: Drill, step: DrillStep, record: dict) -> None:
 
 def run_failback(d: Drill, step: DrillStep, record: dict) -> None:
     site = step.params["site"]
-    start_site(d.dep, d.settings, site, d.token)
+    d.sites.bring_back(d.dep, d.settings, site, d.token)
     failback, _took = runbook_figures(d.dep, d.witness, d.workdir / f"step-{step.n}-failback.log", "failback",
                                       step.params)
     counts = reconcile_counts(failback)
@@ -251,9 +258,14 @@ def step_line(r: dict) -> str:
 
 # -- the whole drill --------------------------------------------------------------------------------------------------
 
-def start(d: Drill, base) -> None:
-    """Deploy (sites, witness, front, replication A → B caught up), then the load with its ledger."""
+def start(d: Drill, base) -> tuple[str, str]:
+    """Deploy (sites, witness, front, replication A → B caught up), or check the running sites, then the load with
+    its ledger. Returns (primary, standby)."""
     o = d.options
+    if o.existing is not None:
+        primary, standby = start_on_running_sites(d, base)
+        _start_load(d)
+        return primary, standby
 
     def bulk_seed(dep: Deployment) -> None:
         if o.declarations:
@@ -266,6 +278,41 @@ def start(d: Drill, base) -> None:
 
     d.dep.operator = o.operator
     d.witness = open_witness(d.settings.witness_url, root=d.settings.root)
+    _start_load(d)
+    return "A", "B"
+
+
+def start_on_running_sites(d: Drill, base) -> tuple[str, str]:
+    """The running sites of the settings file, checked (standbyctl/drill/sites.py); tokens issued for the run."""
+    from cutover.witness import open_witness
+    from standby.store.engine import make_engine
+
+    o = d.options
+    shutil.rmtree(o.workdir, ignore_errors=True)  # a run folder of the drill's own (the CLI checked it)
+    o.workdir.mkdir(parents=True)
+    d.dep, d.settings = Deployment(o.workdir, d.log), base
+    d.dep.config, d.dep.operator = o.existing, o.operator
+    d.sites = RunningSites(o.kill_command, o.restart_command)
+    d.witness = open_witness(base.witness_url, root=base.root)
+    engines = []
+
+    def engine_for(site: str):
+        engines.append(make_engine(base.database_url(site), writer=False))
+        return engines[-1]
+    try:
+        primary, standby = check_running(base, d.witness, engine_for)
+    finally:
+        for engine in engines:
+            engine.dispose()
+    d.token_label = f"drill-{time.strftime('%Y%m%d-%H%M%S')}"
+    d.log(f"- running sites: {primary} primary, {standby} its standby; tokens for the run labelled {d.token_label}")
+    d.dep.run("tokens", "issue-many", "--site", primary, "--declarants", "300", "--out",
+              str(o.workdir / "tokens.json"), "--label", d.token_label)
+    return primary, standby
+
+
+def _start_load(d: Drill) -> None:
+    o = d.options
     d.token = json.loads((o.workdir / "tokens.json").read_text())["declarants"][-1]["token"]
     d.locust = start_locust(d.dep, d.settings, o.multiplier, ramp_s=o.ramp_s)
     d.load_started_at = time.time()
@@ -279,14 +326,30 @@ def steps_loop(d: Drill, plan: list[DrillStep], stop: StopRequest, sampler: Samp
     for step, record in zip(plan, d.records):
         previous = d.records[step.n - 2] if step.n > 1 else None
         must_follow = step.kind is StepKind.FAILBACK and previous and previous["status"] == "done"
-        if (stop.requested and not must_follow) or (previous and previous["status"] != "done"):
+        if (stop.requested and not must_follow) or (previous and previous["status"] in ("failed", "interrupted")):
             return False
+        why_not = reason_to_skip(d, step)
+        if why_not:
+            record.update(status=StepStatus(record["status"]).to(StepStatus.SKIPPED).value, note=why_not)
+            d.log(f"- step {step.n}: {step.title}: {why_not}")
+            continue
         if d.locust.poll() is not None:
             raise RuntimeError(f"Locust exited with {d.locust.returncode}; see {d.workdir / 'locust.log'}")
         run_step(d, step, record, sampler)
         if step.n < len(plan) and not stop.requested:
             time.sleep(d.options.gap_s)
     return True
+
+
+def reason_to_skip(d: Drill, step: DrillStep) -> str | None:
+    """Why `step` is not run (None: run it): a failover with nothing the drill may kill (running sites without
+    --kill-primary) and its failback, or a step whose primary is not the primary now (the failover was skipped)."""
+    if step.kind in (StepKind.FAILOVER, StepKind.FAILBACK) and not d.sites.can_kill:
+        return "not run: no --kill-primary COMMAND (a drill never kills running sites it did not start)"
+    primary = d.witness.state().primary_site
+    if step.source != primary:
+        return f"not run: {primary} is the primary, not {step.source}"
+    return None
 
 
 def finish(d: Drill) -> dict:
@@ -320,12 +383,16 @@ def main_run(base, options: DrillOptions, log) -> dict:
                 "backend": options.backend, "multiplier": options.multiplier, "enterprises": options.enterprises,
                 "declarations": options.declarations, "warmup_s": options.warmup_s, "ramp_s": options.ramp_s,
                 "gap_s": options.gap_s,
+                "sites": f"running: {options.existing}" if options.existing else "started by the drill",
                 "operator": options.operator, "machine": machine(), "started_at": time.time(), "ended_at": None}
     extra, completed, sampler = {}, False, None
     with StopRequest(log) as stop:
         try:
-            start(d, base)
+            primary, standby = start(d, base)
             stop.reinstall()
+            if (primary, standby) != (plan[0].source, plan[0].target):
+                plan = drill_plan(primary, standby)
+                d.records = [new_record(s) for s in plan]
             d.save()
             sampler = Sampler(d.settings, d.dep.config, d.workdir / "samples.jsonl", log).start()
             _warm_up(d, stop)
@@ -364,6 +431,11 @@ def _shut_down(d: Drill, sampler: Sampler | None) -> None:
         stop_locust(d.locust)
     if d.witness is not None:
         d.witness.close()
+    if d.token_label is not None:
+        from standby.api.auth import revoke_tokens
+
+        revoked = revoke_tokens(d.settings.path(d.settings.auth.tokens_file), d.token_label)
+        d.log(f"- revoked the run's {revoked} tokens ({d.token_label})")
     if d.dep is not None:
         d.log("- stopping every process the drill started …")
         d.dep.stop()

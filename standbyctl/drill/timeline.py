@@ -145,7 +145,23 @@ STEP_COLORS = ("#d6eaf8", "#fdebd0")  # alternate so neighbouring steps stay apa
 FREEZE_COLOR, OUTAGE_COLOR, SLO_COLOR = "#8e44ad", "#c0392b", "#c0392b"
 
 
+LABEL_ROOM = 0.09  # of the x axis: a label whose centre is closer than this to the last one's goes a row up
+
+
+def label_rows(centres: Sequence[float], width: float, room: float = LABEL_ROOM) -> list[int]:
+    """The row (0 = lowest) of each step's label, so labels of neighbouring short steps (a failover of seconds next
+    to its failback) do not print over each other: a label goes one row above the last one when their centres are
+    closer than `room` of the axis' `width`."""
+    rows: list[int] = []
+    for i, x in enumerate(centres):
+        crowded = i > 0 and width > 0 and (x - centres[i - 1]) / width < room
+        rows.append(rows[-1] + 1 if crowded else 0)
+    return rows
+
+
 def _mark_steps(ax, spans: Sequence[Span], x_end: float, label_steps: bool) -> None:
+    centres = [(sp.start + (sp.end if sp.end is not None else x_end)) / 2 for sp in spans]
+    rows = label_rows(centres, x_end)
     for i, sp in enumerate(spans):
         end = sp.end if sp.end is not None else x_end
         ax.axvspan(sp.start, end, color=STEP_COLORS[i % 2], alpha=0.8, zorder=0, linewidth=0)
@@ -154,8 +170,8 @@ def _mark_steps(ax, spans: Sequence[Span], x_end: float, label_steps: bool) -> N
         if sp.outage:
             ax.axvspan(*sp.outage, facecolor="none", edgecolor=OUTAGE_COLOR, hatch="///", zorder=1, linewidth=0)
         if label_steps:
-            ax.annotate(sp.label + (f"\n{sp.cost}" if sp.cost else ""), ((sp.start + end) / 2, 1.0),
-                        xycoords=("data", "axes fraction"), xytext=(0, 4), textcoords="offset points",
+            ax.annotate(sp.label + (f"\n{sp.cost}" if sp.cost else ""), (centres[i], 1.0),
+                        xycoords=("data", "axes fraction"), xytext=(0, 4 + 24 * rows[i]), textcoords="offset points",
                         ha="center", va="bottom", fontsize=9, fontweight="bold", annotation_clip=False,
                         color=OUTAGE_COLOR if sp.missed else "#222")
 

@@ -164,3 +164,17 @@ def test_a_beat_from_the_primarys_previous_term_is_no_lag_figure():
     assert progress_line("step 2 org-restructure", 12.3, 31.2, 0.214, 3) == \
         "  … step 2 org-restructure: 12 s; 31 req/s through the front, lag 0.21 s, 3 held"
     assert progress_line(None, None, None, None, 0) == "  … between steps; load —, lag —, 0 held"
+
+
+def test_a_drill_that_broke_off_says_why_on_its_last_line_and_exits_1():
+    v = verdict([], [], interrupted=False, broke_off="SitesUnfit: the front does not answer")
+    assert v["exit_code"] == 1 and v["line"] == "FAIL (the drill broke off): SitesUnfit: the front does not answer"
+
+
+def test_labels_of_neighbouring_short_steps_go_up_a_row():
+    from standbyctl.drill.timeline import label_rows
+
+    # a 730 s drill: the failover (7 s) and its failback start 30 s apart
+    assert label_rows([220, 335, 432, 480, 612], width=730) == [0, 0, 0, 1, 0]
+    assert label_rows([10, 12, 14], width=100) == [0, 1, 2]
+    assert label_rows([], width=100) == []
