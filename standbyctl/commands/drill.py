@@ -62,6 +62,11 @@ def slo_table(slos: list[dict]) -> str:
                    "[default: var/drill]")
 @click.option("--operator", default=None, help="who runs the drill: every runbook run is recorded under this name "
                                                "in the witness  [default: your login name]")
+@click.option("--failover-by", type=click.Choice(["operator", "watch"]), default="operator", show_default=True,
+              help="who fails over after the kill: operator = the failover runbook once the witness's lease "
+                   "expired, as the person running the drill would (`bench failover --trigger runbook`); watch = "
+                   "the standby's `standbyctl watch --auto` (the drill runs both sites' watches for that step; with "
+                   "--existing, the sites' own watches)")
 @click.option("--existing", is_flag=True,
               help="drill the running sites, witness and front the settings file (--config) names instead of "
                    "starting its own: it starts only Locust, never seeds, and kills only with --kill-primary; "
@@ -79,7 +84,7 @@ def slo_table(slos: list[dict]) -> str:
 @pass_cli
 def drill(cli: CliContext, quick: bool, backend: str, multiplier: float, enterprises_count: int | None,
           declarations: int | None, warmup_s: float | None, gap_s: float | None, workdir: Path | None,
-          operator: str | None, existing: bool, kill_command: str | None, restart_command: str | None,
+          operator: str | None, failover_by: str, existing: bool, kill_command: str | None, restart_command: str | None,
           report_from: Path | None, as_json: bool) -> None:
     """The disaster-recovery drill: would the standby save us tonight? One command, with evidence.
 
@@ -118,7 +123,7 @@ def drill(cli: CliContext, quick: bool, backend: str, multiplier: float, enterpr
         warmup_s=warmup_s if warmup_s is not None else preset["warmup_s"],
         gap_s=gap_s if gap_s is not None else preset["gap_s"], ramp_s=preset["ramp_s"], workdir=root,
         command=" ".join(["standbyctl", *map(shlex.quote, sys.argv[1:])]), operator=operator or _login(),
-        existing=cli.config_path.resolve() if existing else None, kill_command=kill_command,
+        failover_by=failover_by, existing=cli.config_path.resolve() if existing else None, kill_command=kill_command,
         restart_command=restart_command)
     _check_workdir(settings, root)
     if existing:

@@ -22,12 +22,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from standbyctl.bench_failover import runbook_figures, wait_first_write, wait_lease_gone
+from standbyctl.bench_failover import (poll, runbook_figures, start_watch, wait_first_write, wait_lease_gone,
+                                       watch_failover)
 from standbyctl.bench_failover_figures import failover_rpo, reconcile_counts
 from standbyctl.bench_restructure import run_once_frozen
 from standbyctl.bench_switchover import (LedgerCheck, count_events, hold_delta, ledger_against, scrape,
                                          start_locust, stop_and_check, switch_once)
-from standbyctl.bench_switchover_deploy import Deployment, deploy
+from standbyctl.bench_switchover_deploy import Deployment, deploy, terminate
 from standbyctl.drill.plan import DrillStep, StepKind, StepStatus, drill_plan
 from standbyctl.drill.sampler import Sampler
 from standbyctl.drill.sites import EmbeddedSites, RunningSites, check_running
@@ -50,6 +51,7 @@ class DrillOptions:
     workdir: Path
     command: str
     operator: str = "drill"
+    failover_by: str = "operator"  # the runbook once the lease expired; "watch": the standby's `watch --auto`
     existing: Path | None = None  # the settings file of running sites (--existing); None: the drill deploys its own
     kill_command: str | None = None
     restart_command: str | None = None
@@ -159,15 +161,28 @@ def run_org_restructure(d: Drill, step: DrillStep, record: dict) -> None:
 
 
 def run_failover(d: Drill, step: DrillStep, record: dict) -> None:
-    """kill -9 of every process of the primary; the failover runbook once the witness's lease expired (as an
-    operator would); RTO to the first write the new primary acknowledged; RPO beside the ledger."""
+    """kill -9 of every process of the primary; the failover by the runbook once the witness's lease expired (as
+    an operator would) or, with --failover-by watch, by the standby's `watch --auto` (the drill starts both sites'
+    watches for the step when it started the sites; running sites have their own); RTO to the first write the new
+    primary acknowledged; RPO beside the ledger."""
     epoch = d.witness.state().epoch
-    kill_at, killed = d.sites.kill(d.dep, step.source)
-    record["killed_at"] = kill_at
-    d.log(f"  killed {step.source}: {killed}")
-    wait_lease_gone(d.witness, step.source, epoch)
-    failover, _took = runbook_figures(d.dep, d.witness, d.workdir / f"step-{step.n}-failover.log", "failover",
-                                      step.params)
+    by_watch = d.options.failover_by == "watch"
+    ours = by_watch and isinstance(d.sites, EmbeddedSites)
+    try:
+        if ours:
+            start_watches(d, (step.source, step.target))
+        kill_at, killed = d.sites.kill(d.dep, step.source)
+        record["killed_at"] = kill_at
+        d.log(f"  killed {step.source}: {killed}")
+        if by_watch:
+            failover, _took = watch_failover(d.witness, kill_at)
+        else:
+            wait_lease_gone(d.witness, step.source, epoch)
+            failover, _took = runbook_figures(d.dep, d.witness, d.workdir / f"step-{step.n}-failover.log",
+                                              "failover", step.params)
+    finally:
+        if ours:
+            stop_watches(d)
     record.update(status=_status(failover.status), run_id=failover.run_id, error=failover.error)
     if failover.status != "done":
         return
@@ -178,6 +193,29 @@ def run_failover(d: Drill, step: DrillStep, record: dict) -> None:
                   verify=f"not run: {step.source} is down until its failback",
                   note=f"failover report: {rpo['reported']} lost"
                        + ("" if rpo["exact"] else " (estimate)") + f"; {rpo['unseen']} named but never acknowledged")
+
+
+def start_watches(d: Drill, sites: tuple[str, ...], timeout_s: float = 120) -> None:
+    """`standbyctl watch --site S --auto` for each site, as in production, once each has made its first decision
+    (audited in the witness), so the kill is watched from its first second."""
+    from cutover.watch.loop import DECIDE_ACTION
+
+    since = time.time()
+    for site in sites:
+        start_watch(d.dep, site)
+    wanted = {f"watch@{site}" for site in sites}
+    seen = poll(lambda: {r.operator for r in d.witness.audit_records(50)
+                         if r.action == DECIDE_ACTION and r.at >= since} & wanted,
+                done=lambda found: found == wanted, every_s=0.2, timeout_s=timeout_s)
+    if seen != wanted:
+        raise RuntimeError(f"the watch of {sorted(wanted - seen)} made no decision within {timeout_s:g} s; "
+                           f"see {d.workdir}/watch-*.log")
+
+
+def stop_watches(d: Drill) -> None:
+    for name in [n for n in d.dep.procs if n.startswith("watch-")]:
+        proc = d.dep.procs.pop(name)
+        terminate(proc.pid, proc)
 
 
 def run_failback(d: Drill, step: DrillStep, record: dict) -> None:
@@ -384,6 +422,7 @@ def main_run(base, options: DrillOptions, log) -> dict:
                 "declarations": options.declarations, "warmup_s": options.warmup_s, "ramp_s": options.ramp_s,
                 "gap_s": options.gap_s,
                 "sites": f"running: {options.existing}" if options.existing else "started by the drill",
+                "failover_by": options.failover_by,
                 "operator": options.operator, "machine": machine(), "started_at": time.time(), "ended_at": None}
     extra, completed, sampler = {}, False, None
     with StopRequest(log) as stop:
