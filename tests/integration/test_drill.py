@@ -101,8 +101,8 @@ def test_the_report_renders_in_a_real_browser(quick_drill):
 @pytest.mark.fault
 def test_sigterm_finishes_the_step_in_hand_and_writes_the_report_so_far(tmp_path):
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(drill_command(workdir, "--enterprises", "500", "--warmup-s", "2"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(drill_command(workdir, "--enterprises", "500", "--warmup-s", "2"), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:
