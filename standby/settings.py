@@ -229,8 +229,19 @@ def resolve_sqlite_url(url: str, root: Path) -> str:
     return url
 
 
+def merged(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` laid over it section by section: a mapping merges into the file's mapping of the same
+    key (so `--ray-address` sets ray.address and keeps the file's ray.workers), any other value replaces. Neither
+    argument is changed."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_settings(path: Path, overrides: dict | None = None) -> Settings:
-    """Load and validate a settings file. `root` defaults to the folder above `config/`."""
+    """Load and validate a settings file, with command-line `overrides` merged into it (see `merged`). `root`
+    defaults to the folder above `config/`."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -241,7 +252,7 @@ def load_settings(path: Path, overrides: dict | None = None) -> Settings:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     raw.setdefault("root", str(path.resolve().parent.parent if path.resolve().parent.name == "config" else path.resolve().parent))
-    raw.update(overrides or {})
+    raw = merged(raw, overrides or {})
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:

@@ -56,3 +56,20 @@ def test_bad_settings_are_named(tmp_path, text, words):
 def test_missing_settings_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "nope.yaml")
+
+
+def test_command_line_overrides_merge_into_the_files_sections(tmp_path):
+    """`standbyctl --ray-address X` sets ray.address and keeps the file's ray.workers (it once replaced the whole
+    ray section, so workers: 8 silently became the default)."""
+    from standby.settings import merged
+
+    config = tmp_path / "standby.yaml"
+    config.write_text("root: .\nray:\n  workers: 8\nsites:\n  A: {site_digit: 1, database_url: 'sqlite:///a.db'}\n")
+    settings = load_settings(config, {"ray": {"address": "auto"}})
+    assert (settings.ray.address, settings.ray.workers) == ("auto", 8)
+    assert settings.site("A").site_digit == 1
+    base = {"ray": {"workers": 8}, "sites": {"A": {"site_digit": 1}}}
+    assert merged(base, {"ray": {"address": "x"}, "witness_url": "w"}) == {
+        "ray": {"workers": 8, "address": "x"}, "sites": {"A": {"site_digit": 1}}, "witness_url": "w"}
+    assert base == {"ray": {"workers": 8}, "sites": {"A": {"site_digit": 1}}}  # not changed in place
+    assert merged({"ray": {"workers": 8}}, {"ray": None}) == {"ray": None}  # a non-mapping value replaces
