@@ -54,9 +54,11 @@ def slo_table(slos: list[dict]) -> str:
 @click.option("--declarations", type=click.IntRange(0, 100_000_000), default=None,
               help="historical declarations seeded on A before B is snapshotted  [quick: 0; full: 250,000]")
 @click.option("--warmup-s", type=click.FloatRange(0, 3600), default=None,
-              help="seconds of load before the first step  [quick: 8; full: 40]")
+              help="seconds of load before the first step (the users start over 20 s in a quick drill, 30 s in a full "
+                   "one)  [quick: 12; full: 40]")
 @click.option("--gap-s", type=click.FloatRange(0, 3600), default=None,
-              help="seconds of load between two steps  [quick: 3; full: 20]")
+              help="seconds of load between two steps and after the last one: the steady seconds the decision "
+                   "and lag SLOs are judged on  [quick: 6; full: 20]")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="the run folder: logs, databases, ledger, drill.json and the report (emptied first)  "
                    "[default: var/drill]")
