@@ -20,7 +20,8 @@ from standby.api.sync import SyncGate, SyncMode
 from standby.domain.states import Kind
 from standby.store.schema import declarations
 from standby.synthetic import make_declaration_payload
-from tests.integration.switchover_rig import OFFICES, Ledger, Traffic, build_rig, ledger_problems, running_replicators
+from tests.integration.switchover_rig import (OFFICES, Ledger, Traffic, build_rig, ledger_problems,
+                                              replicator_processes, running_replicators)
 
 pytestmark = pytest.mark.ray
 TIMEOUT_S = 3.0  # standby_timeout_s: far above a healthy round on a loaded 2-core machine, short enough to wait out
@@ -81,7 +82,8 @@ def sync_sample(rig, name: str, **labels) -> float | None:
 
 
 def kill_replicator(rig) -> None:
-    pid = running_replicators(rig.tmp)["A-to-B"]
+    # By its pid file, else by its command line (restart_replicator waits until it runs, so one is there).
+    pid = running_replicators(rig.tmp).get("A-to-B") or dict(replicator_processes(rig.config))["A-to-B"]
     os.killpg(pid, signal.SIGKILL)
     for attempt in Retrying(wait=wait_fixed(0.05), stop=stop_after_delay(30), reraise=True):
         with attempt:
@@ -89,9 +91,13 @@ def kill_replicator(rig) -> None:
 
 
 def restart_replicator(rig) -> None:
+    """Start the replicator A → B again and return once it applies (a test that kills it next finds it running: one
+    that returned at once was seen, twice in full runs on a loaded machine, with no replicator found by the next
+    test's kill)."""
     sites = rig.sites()
     try:
         sites.start_replicator("A", "B")
+        sites.wait_replicating("A", "B", timeout_s=120)
     finally:
         sites.close()
 
