@@ -34,7 +34,7 @@ def step_table(records: list[dict]) -> str:
 def slo_table(slos: list[dict]) -> str:
     lines = ["| SLO | target | measured | verdict |", "|---|---|---|---|"]
     for s in slos:
-        mark = {True: "met", False: "MISSED", None: "not measured"}[s["passed"]]
+        mark = {True: "met", False: "MISSED", None: "not judged"}[s["passed"]]
         lines.append(f"| {s['name']} | {s['target']} | {s['measured']} | {mark} |")
     return "\n".join(lines)
 

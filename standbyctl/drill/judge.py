@@ -73,7 +73,7 @@ def judge(params: dict, records: list[dict], extra: dict, *, interrupted: bool, 
     lags = [s["lag_s"] for s in read_samples(workdir / "samples.jsonl")
             if s.get("lag_s") is not None and steady(s["at"], start, end, spans)]
     table = slo_verdicts(records, green_p99_ms=green_p99, lag_samples_s=lags, requests=requests or 0,
-                         failures=failures or 0, slos=slos)
+                         failures=failures or 0, slos=slos, green_samples=decisions)
     problems = correctness_problems(records, extra.get("final_ledger"), extra.get("final_verify"))
     result = verdict(problems, table, interrupted, broke_off=extra.get("error"))
     return {"params": params, "steps": records, **extra, "steady": {"seconds_from": start, "seconds_to": end,

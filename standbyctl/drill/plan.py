@@ -155,11 +155,22 @@ def _judge(name: str, target: float, value: float | None, fmt: str, unit: str, w
     return Slo(name, f"{what} {target:{fmt}} {unit}", f"{value:{fmt}} {unit}", value <= target)
 
 
+MIN_P99_SAMPLES = 200  # a p99 of fewer values rests on one or two of them: shown, not judged
+
+
+def _judge_p99(name: str, target_ms: float, value_ms: float | None, samples: int, what: str) -> Slo:
+    if value_ms is not None and samples < MIN_P99_SAMPLES:
+        return Slo(name, f"≤ {target_ms:.0f} ms", f"{value_ms:.0f} ms over only {samples} {what}: not judged "
+                                                  f"(a p99 needs ≥ {MIN_P99_SAMPLES}; the full drill has them)", None)
+    return _judge(name, target_ms, value_ms, ".0f", "ms")
+
+
 def slo_verdicts(steps: list[dict], *, green_p99_ms: float | None, lag_samples_s: list[float],
-                 requests: int, failures: int, slos) -> list[Slo]:
+                 requests: int, failures: int, slos, green_samples: int = MIN_P99_SAMPLES) -> list[Slo]:
     """The SLO table: the freezes and RTO of DESIGN §4 from the step records, the green-lane decision p99 and the
     replication lag p99 over the drill's steady seconds (outside every freeze and failover gap, as the run chose
-    them), the error rate over every client request. `slos`: loadtests.slo.Slos (config/slo.yaml)."""
+    them), the error rate over every client request. `slos`: loadtests.slo.Slos (config/slo.yaml). A p99 over fewer
+    than MIN_P99_SAMPLES values (`green_samples` decisions, `lag_samples_s`) is shown and not judged."""
     def of(kind: StepKind, key: str) -> float | None:
         return _worst([s.get(key) for s in steps if s.get("kind") == kind.value])
 
@@ -175,8 +186,10 @@ def slo_verdicts(steps: list[dict], *, green_p99_ms: float | None, lag_samples_s
                of(StepKind.ORG_VIA_SWITCHOVER, "freeze_s"), ".2f", "s"),
         _judge("failover RTO (kill -9 → new primary accepts)", TARGET_RTO_S, of(StepKind.FAILOVER, "rto_s"), ".2f",
                "s"),
-        _judge("green-lane decision p99 (steady seconds)", slos.green_decision_p99_ms, green_p99_ms, ".0f", "ms"),
-        _judge("replication lag p99 (steady seconds)", slos.replication_lag_p99_ms, lag_p99, ".0f", "ms"),
+        _judge_p99("green-lane decision p99 (steady seconds)", slos.green_decision_p99_ms, green_p99_ms,
+                   green_samples, "decisions"),
+        _judge_p99("replication lag p99 (steady seconds)", slos.replication_lag_p99_ms, lag_p99,
+                   len(lag_samples_s), "samples"),
         _judge("client error rate (whole drill)", slos.error_rate_max * 100, failures / requests * 100
                if requests else None, ".2f", "%"),
     ]
@@ -202,7 +215,7 @@ def verdict(problems: list[str], slos: list[Slo], interrupted: bool, broke_off: 
     if missed:
         return {"passed": False, "exit_code": 3, "reasons": missed,
                 "line": "FAIL (SLO): nothing lost or doubled, verify clean; missed: " + "; ".join(missed)}
-    measured = sum(s.passed is not None for s in slos)
+    judged = sum(s.passed is not None for s in slos)
     return {"passed": True, "exit_code": 0, "reasons": [],
-            "line": f"PASS: every step done, nothing lost or doubled, verify clean, {measured} of {len(slos)} SLOs "
-                    f"measured and met"}
+            "line": f"PASS: every step done, nothing lost or doubled, verify clean, {judged} of {len(slos)} SLOs "
+                    f"judged and met"}

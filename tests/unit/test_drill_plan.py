@@ -55,8 +55,8 @@ def test_step_status_follows_its_table():
 def test_a_clean_drill_has_no_problems_and_passes():
     steps = good_drill()
     assert correctness_problems(steps, FINAL_OK, "clean") == []
-    table = slo_verdicts(steps, green_p99_ms=42, lag_samples_s=[0.1, 0.2, 0.3], requests=1000, failures=2,
-                         slos=SLOS)
+    table = slo_verdicts(steps, green_p99_ms=42, lag_samples_s=[0.1, 0.2, 0.3] * 100, requests=1000, failures=2,
+                         slos=SLOS, green_samples=400)
     assert all(s.passed for s in table), [s for s in table if not s.passed]
     v = verdict([], table, interrupted=False)
     assert v["exit_code"] == 0 and v["passed"] and v["line"].startswith("PASS")
@@ -103,8 +103,8 @@ def test_slow_freezes_and_rto_and_switchover_errors_miss_their_slos_and_exit_3()
     steps = good_drill()
     steps[0]["freeze_s"], steps[1]["freeze_s"], steps[2]["rto_s"] = 1.4, 2.5, 6.0
     steps[4]["client_errors"] = 3
-    table = {s.name: s for s in slo_verdicts(steps, green_p99_ms=250, lag_samples_s=[0.9] * 10, requests=100,
-                                             failures=5, slos=SLOS)}
+    table = {s.name: s for s in slo_verdicts(steps, green_p99_ms=250, lag_samples_s=[0.9] * 300, requests=100,
+                                             failures=5, slos=SLOS, green_samples=500)}
     assert table["planned switchover freeze (max)"].measured == "1.40 s" and not table[
         "planned switchover freeze (max)"].passed
     assert table["client errors during planned switchovers"].measured == "3"
@@ -178,3 +178,14 @@ def test_labels_of_neighbouring_short_steps_go_up_a_row():
     assert label_rows([220, 335, 432, 480, 612], width=730) == [0, 0, 0, 1, 0]
     assert label_rows([10, 12, 14], width=100) == [0, 1, 2]
     assert label_rows([], width=100) == []
+
+
+def test_a_p99_over_too_few_values_is_shown_and_not_judged():
+    steps = good_drill()
+    table = {s.name: s for s in slo_verdicts(steps, green_p99_ms=120, lag_samples_s=[0.2] * 80, requests=100,
+                                             failures=0, slos=SLOS, green_samples=119)}
+    green, lag = table["green-lane decision p99 (steady seconds)"], table["replication lag p99 (steady seconds)"]
+    assert green.passed is None and green.measured.startswith("120 ms over only 119 decisions: not judged")
+    assert lag.passed is None and lag.measured.startswith("200 ms over only 80 samples: not judged")
+    v = verdict([], list(table.values()), interrupted=False)
+    assert v["exit_code"] == 0 and v["line"].endswith("5 of 7 SLOs judged and met")
