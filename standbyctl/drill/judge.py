@@ -33,24 +33,32 @@ def steady(at: float, start: float, end: float, spans: list[tuple[float, float]]
     return start <= at < end and not any(a <= at <= b for a, b in spans)
 
 
+def steady_histogram(histograms: Histograms, key, start: float, end: float,
+                     spans: list[tuple[float, float]]) -> Histograms:
+    """`histograms` cut to `key`'s steady whole seconds (the second and its end both steady)."""
+    return {key: {ts: c for ts, c in histograms.get(key, {}).items() if steady(ts, start, end, spans)
+                  and steady(ts + 1, start, end + 1, spans)}}
+
+
 def steady_percentile(histograms: Histograms, key, p: float, start: float, end: float,
                       spans: list[tuple[float, float]]) -> float | None:
     """The p-th percentile (0 < p <= 1) of `key` over the steady whole seconds, by the project's histogram rule."""
-    kept = {key: {ts: c for ts, c in histograms.get(key, {}).items() if steady(ts, start, end, spans)
-                  and steady(ts + 1, start, end + 1, spans)}}
-    return percentile(kept, key, p)
+    return percentile(steady_histogram(histograms, key, start, end, spans), key, p)
 
 
-def read_samples(path: Path) -> list[dict]:
-    """samples.jsonl (a line being written is skipped); [] when there is none."""
-    if not path.exists():
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a file being appended to (samples.jsonl): a half-written last line is skipped; [] when
+    there is no file."""
+    if not path.is_file():
         return []
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            out.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
             continue
+        if isinstance(row, dict):
+            out.append(row)
     return out
 
 
@@ -67,10 +75,10 @@ def judge(params: dict, records: list[dict], extra: dict, *, interrupted: bool, 
         requests, failures, histograms = stats.requests, stats.failures, stats.latency
     else:
         histograms = read_latency_logs(workdir / "locust")
-    green_p99 = steady_percentile(histograms, DECISION, 0.99, start, end, spans)
-    decisions = sum(sum(c.values()) for ts, c in histograms.get(DECISION, {}).items()
-                    if steady(ts, start, end, spans) and steady(ts + 1, start, end + 1, spans))
-    lags = [s["lag_s"] for s in read_samples(workdir / "samples.jsonl")
+    steady_decisions = steady_histogram(histograms, DECISION, start, end, spans)
+    green_p99 = percentile(steady_decisions, DECISION, 0.99)
+    decisions = sum(sum(c.values()) for c in steady_decisions[DECISION].values())
+    lags = [s["lag_s"] for s in read_jsonl(workdir / "samples.jsonl")
             if s.get("lag_s") is not None and steady(s["at"], start, end, spans)]
     table = slo_verdicts(records, green_p99_ms=green_p99, lag_samples_s=lags, requests=requests or 0,
                          failures=failures or 0, slos=slos, green_samples=decisions)

@@ -18,6 +18,7 @@ from pathlib import Path
 from loadtests.latency_log import Histograms, read_latency_logs
 from loadtests.report import CSS, html_table
 from loadtests.slo import AGGREGATED, read_history
+from standbyctl.drill.judge import read_jsonl
 from standbyctl.drill.timeline import draw_timeline, step_spans, timeline_series
 
 # DESIGN §4 (config/slo.yaml), for the lines on the timeline when the drill's params do not carry its own.
@@ -68,24 +69,11 @@ def read_drill(path: Path) -> dict:
     return drill
 
 
-def _jsonl(path: Path) -> list[dict]:
-    """The JSON lines of a file being appended to; a half-written last line is skipped."""
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            out.append(row)
-    return out
-
-
 def read_run_folder(workdir: Path) -> RunFolder:
     """Every input of the report; only drill.json is required (see read_drill)."""
     run = RunFolder(read_drill(workdir / "drill.json"))
     samples = workdir / "samples.jsonl"
-    run.samples = _jsonl(samples) if samples.is_file() else []
+    run.samples = read_jsonl(samples)
     if not run.samples:
         run.missing.append(f"{samples.name}: {'empty' if samples.is_file() else 'absent'} (no lag or held "
                            f"requests over time)")
