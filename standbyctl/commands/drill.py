@@ -64,11 +64,12 @@ def slo_table(slos: list[dict]) -> str:
                    "[default: var/drill]")
 @click.option("--operator", default=None, help="who runs the drill: every runbook run is recorded under this name "
                                                "in the witness  [default: your login name]")
-@click.option("--failover-by", type=click.Choice(["operator", "watch"]), default="operator", show_default=True,
-              help="who fails over after the kill: operator = the failover runbook once the witness's lease "
-                   "expired, as the person running the drill would (`bench failover --trigger runbook`); watch = "
-                   "the standby's `standbyctl watch --auto` (the drill runs both sites' watches for that step; with "
-                   "--existing, the sites' own watches)")
+@click.option("--failover-by", type=click.Choice(["watch", "operator"]), default="watch", show_default=True,
+              help="who fails over after the kill: watch = the standby's `standbyctl watch --auto`, detection "
+                   "included, as DESIGN §4's RTO is meant (the drill runs both sites' watches for that step; with "
+                   "--existing, the sites' own watches must be running); operator = the failover runbook started "
+                   "once the witness's lease expired, as a person would (`bench failover --trigger runbook`): "
+                   "about a second slower, the new process's start")
 @click.option("--existing", is_flag=True,
               help="drill the running sites, witness and front the settings file (--config) names instead of "
                    "starting its own: it starts only Locust, never seeds, and kills only with --kill-primary; "

@@ -19,7 +19,7 @@ import platform
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from standbyctl.bench_failover import (poll, runbook_figures, start_watch, wait_first_write, wait_lease_gone,
@@ -33,6 +33,7 @@ from standbyctl.drill.plan import DrillStep, StepKind, StepStatus, drill_plan
 from standbyctl.drill.sampler import Sampler
 from standbyctl.drill.sites import EmbeddedSites, RunningSites, check_running
 
+WATCH_WAIT_S = 60.0  # the kill to a watch's failover run ended: the lease (seconds) and the run (about one)
 GRACE_S = 2.0  # after a freeze or a failover gap: held writes released, answers on their way
 
 
@@ -51,7 +52,7 @@ class DrillOptions:
     workdir: Path
     command: str
     operator: str = "drill"
-    failover_by: str = "operator"  # the runbook once the lease expired; "watch": the standby's `watch --auto`
+    failover_by: str = "watch"  # the standby's `watch --auto`; "operator": the runbook once the lease expired
     existing: Path | None = None  # the settings file of running sites (--existing); None: the drill deploys its own
     kill_command: str | None = None
     restart_command: str | None = None
@@ -165,9 +166,9 @@ def run_org_restructure(d: Drill, step: DrillStep, record: dict) -> None:
 
 
 def run_failover(d: Drill, step: DrillStep, record: dict) -> None:
-    """kill -9 of every process of the primary; the failover by the runbook once the witness's lease expired (as
-    an operator would) or, with --failover-by watch, by the standby's `watch --auto` (the drill starts both sites'
-    watches for the step when it started the sites; running sites have their own); RTO to the first write the new
+    """kill -9 of every process of the primary; the failover by the standby's `watch --auto` (the drill starts both
+    sites' watches for the step when it started the sites; running sites have their own) or, with --failover-by
+    operator, by the runbook once the witness's lease expired (as a person would); RTO to the first write the new
     primary acknowledged; RPO beside the ledger."""
     epoch = d.witness.state().epoch
     by_watch = d.options.failover_by == "watch"
@@ -179,7 +180,11 @@ def run_failover(d: Drill, step: DrillStep, record: dict) -> None:
         record["killed_at"] = kill_at
         d.log(f"  killed {step.source}: {killed}")
         if by_watch:
-            failover, _took = watch_failover(d.witness, kill_at)
+            failover, _took = watch_failover(d.witness, kill_at, timeout_s=WATCH_WAIT_S)
+            if failover.status == "none" and not ours:
+                hint = (f"is `standbyctl watch --site {step.target} --auto` running at {step.target}? (or drill with "
+                        "--failover-by operator)")
+                failover = replace(failover, error=f"{failover.error}; {hint}")
         else:
             wait_lease_gone(d.witness, step.source, epoch)
             failover, _took = runbook_figures(d.dep, d.witness, d.workdir / f"step-{step.n}-failover.log",
