@@ -4,7 +4,7 @@ Locust's stats history gives, each second, percentiles over a rolling 10 s windo
 rebuilt from those (the worst window's p99 overstates it, the mean of windows' p99s has no meaning). So every Locust
 process also counts the SLO measurements (DECISION/green, REPLICATION/lag) per second and per rounded response
 time, and writes them beside Locust's CSVs as PREFIX_latency.<pid>.csv (one file per process: with --processes
-every worker writes its own). `read_latency_logs` merges them; `percentile` answers over any span of seconds.
+every worker writes its own). `read_latency_logs` merges them; `latency_percentile` answers over any span of seconds.
 
 Response times are rounded as Locust rounds them for its own percentiles (whole ms below 100 ms, then 2 significant
 digits), so these percentiles agree with Locust's stats table."""
@@ -16,6 +16,8 @@ import os
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+
+from loadtests.percentile import histogram_percentile
 
 Key = tuple[str, str]
 # (type, name) -> second -> rounded ms -> count
@@ -75,21 +77,12 @@ def read_latency_logs(prefix: Path | str) -> Histograms:
     return merged
 
 
-def percentile(histograms: Histograms, key: Key, p: float, after_ts: int | None = None,
-               until_ts: int | None = None) -> float | None:
-    """The p-th percentile (0 < p <= 1) of `key` over the seconds after_ts < ts <= until_ts (None: unbounded),
-    by Locust's own rule (walk down from the slowest until at most int(p x n) values remain below); None without
-    samples."""
+def latency_percentile(histograms: Histograms, key: Key, p: float, after_ts: int | None = None,
+                       until_ts: int | None = None) -> float | None:
+    """The p-th percentile (0 < p <= 100, loadtests.percentile's definition: Locust's own for 50/90/95/99) of `key`
+    over the seconds after_ts < ts <= until_ts (None: unbounded); None without samples."""
     merged: Counter = Counter()
     for ts, counts in histograms.get(key, {}).items():
         if (after_ts is None or ts > after_ts) and (until_ts is None or ts <= until_ts):
             merged.update(counts)
-    total = sum(merged.values())
-    if not total:
-        return None
-    below, processed = int(total * p), 0
-    for ms in sorted(merged, reverse=True):
-        processed += merged[ms]
-        if total - processed <= below:
-            return float(ms)
-    return float(min(merged))
+    return histogram_percentile(merged, p)

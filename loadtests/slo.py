@@ -23,7 +23,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from loadtests.latency_log import Histograms, percentile, read_latency_logs
+from loadtests.latency_log import Histograms, latency_percentile, read_latency_logs
 
 DECISION = ("DECISION", "green")
 LAG = ("REPLICATION", "lag")
@@ -411,7 +411,7 @@ def steps_from_history(history: Sequence[HistoryRow], slos: Slos, step_labels: S
 
         def p99(key: tuple[str, str]) -> float | None:
             if latency and key in latency:
-                return percentile(latency, key, 0.99, base_ts if base_ts is not None else start - 1, end)
+                return latency_percentile(latency, key, 99, base_ts if base_ts is not None else start - 1, end)
             vals = [h.pct("99%") for h in rows if h.key == key and h.pct("99%") is not None]
             return max(vals) if vals else None
 

@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from loadtests.latency_log import Histograms
-from loadtests.latency_log import percentile as histogram_percentile
+from loadtests.latency_log import Histograms, latency_percentile
+from loadtests.percentile import percentile
 from loadtests.slo import DECISION
-from standbyctl.bench_front import percentile
 from standbyctl.bench_switchover import LedgerCheck, step_result
 
 TARGET_RTO_S = 5.0
@@ -111,8 +110,8 @@ def decision_latency(histograms: Histograms, start: float, end: float) -> dict:
     seconds after `start` up to `end`, by the project's histogram percentile; `n` samples."""
     after, until = int(start), int(end)
     n = sum(sum(c.values()) for ts, c in histograms.get(DECISION, {}).items() if after < ts <= until)
-    return {"p50_ms": histogram_percentile(histograms, DECISION, 0.5, after, until),
-            "p99_ms": histogram_percentile(histograms, DECISION, 0.99, after, until), "n": n,
+    return {"p50_ms": latency_percentile(histograms, DECISION, 50, after, until),
+            "p99_ms": latency_percentile(histograms, DECISION, 99, after, until), "n": n,
             "seconds": until - after}
 
 

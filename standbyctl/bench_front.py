@@ -23,15 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from cutover.witness import open_witness
 from loadtests.capacity import DesignCapacity
 from loadtests.client import SiteClient
+from loadtests.percentile import percentile_ms
 from standby.settings import Settings, load_settings
 from standbyctl.bench_intake import BenchSite, prepare, start_server, stop_server
-
-
-def percentile(data: list[float], p: float) -> float:
-    if not data:
-        return float("nan")
-    ordered = sorted(data)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def add_front(site: BenchSite, front_port: int) -> BenchSite:
@@ -142,11 +136,11 @@ async def drive(site: BenchSite, rate: float, seconds: float, rounds: int, log) 
                 seen[name]["completed"] += out["completed"]
                 for code, n in out["errors"].items():
                     seen[name]["errors"][code] = seen[name]["errors"].get(code, 0) + n
-                hop = (f", extra hop p50 {percentile(out['extra'], 50) * 1000:.2f} ms p99 "
-                       f"{percentile(out['extra'], 99) * 1000:.2f} ms") if out["extra"] else ""
+                hop = (f", extra hop p50 {percentile_ms(out['extra'], 50, 2)} ms p99 "
+                       f"{percentile_ms(out['extra'], 99, 2)} ms") if out["extra"] else ""
                 log(f"  round {r + 1}/{rounds} {name:>6}: {out['completed']} declarations, {len(out['latencies'])} "
-                    f"requests p50 {percentile(out['latencies'], 50) * 1000:.2f} ms p99 "
-                    f"{percentile(out['latencies'], 99) * 1000:.2f} ms{hop}, errors {sum(out['errors'].values())}")
+                    f"requests p50 {percentile_ms(out['latencies'], 50, 2)} ms p99 "
+                    f"{percentile_ms(out['latencies'], 99, 2)} ms{hop}, errors {sum(out['errors'].values())}")
     finally:
         for client in clients.values():
             await client.close()
@@ -190,13 +184,12 @@ def main_run(settings: Settings, capacity: DesignCapacity, *, workdir: Path, sit
 
 def summarise(seen: dict[str, dict], own: dict, rate: float, multiplier: float) -> dict:
     paths = {name: {"requests": len(s["latencies"]), "declarations": s["completed"], "errors": s["errors"],
-                    **{f"p{p}_ms": round(percentile(s["latencies"], p) * 1000, 3) for p in (50, 90, 99)}}
+                    **{f"p{p}_ms": percentile_ms(s["latencies"], p, 3) for p in (50, 90, 99)}}
              for name, s in seen.items()}
-    difference = {f"p{p}_ms": round(paths["front"][f"p{p}_ms"] - paths["direct"][f"p{p}_ms"], 3)
-                  for p in (50, 90, 99)}
+    difference = {f"p{p}_ms": None if None in (paths["front"][f"p{p}_ms"], paths["direct"][f"p{p}_ms"]) else
+                  round(paths["front"][f"p{p}_ms"] - paths["direct"][f"p{p}_ms"], 3) for p in (50, 90, 99)}
     extra = seen["front"]["extra"]
-    per_request = {"requests": len(extra), **{f"p{p}_ms": round(percentile(extra, p) * 1000, 3)
-                                              for p in (50, 90, 99)}}
+    per_request = {"requests": len(extra), **{f"p{p}_ms": percentile_ms(extra, p, 3) for p in (50, 90, 99)}}
     return {"multiplier": multiplier, "declarations_per_s": round(rate, 2), "paths": paths,
             "extra_hop_per_request": per_request, "difference_of_percentiles": difference,
             "front_own_handling": own}

@@ -141,11 +141,6 @@ def lag_under_intake(pair: Pair, capacity: DesignCapacity, multiplier: float, se
     return pair.replicator.delays
 
 
-def percentile(values: list[float], p: float) -> float:
-    data = sorted(values)
-    return data[min(len(data) - 1, int(p / 100 * len(data)))] if data else float("nan")
-
-
 def count_rows(url: str, table) -> int:
     engine = make_engine(url, writer=False)
     try:

@@ -31,7 +31,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from standbyctl.bench_front import percentile
+from loadtests.percentile import percentile
 from standbyctl.bench_switchover_deploy import Deployment, deploy, front_url, site_url, terminate
 
 TARGET_FREEZE_S = 1.0

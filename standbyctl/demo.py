@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from loadtests.client import Reply, SiteClient
+from loadtests.percentile import percentile_ms
 from standby.domain.states import Kind
 from standby.domain.tariff import Tariff
 from standby.synthetic import make_declaration_payload
@@ -22,9 +23,9 @@ class DemoStats:
     amended: int = 0
     examples: dict[str, str] = field(default_factory=dict)
 
-    def percentile(self, p: float) -> float:
-        data = sorted(self.decision_seconds)
-        return data[min(len(data) - 1, int(round(p / 100 * (len(data) - 1))))] if data else float("nan")
+    def percentile_ms(self, p: float) -> float | None:
+        """The p-th percentile of the decision latencies, in ms (loadtests.percentile); None before any."""
+        return percentile_ms(self.decision_seconds, p)
 
 
 @dataclass(frozen=True)

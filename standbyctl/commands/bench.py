@@ -104,7 +104,8 @@ def replication(cli: CliContext, declarations: int, partitions: int, window: int
     PostgreSQL → PostgreSQL beside PostgreSQL's native logical replication on the same workload, and the replication
     delay p50/p99 while intake runs at 3x design. Uses its own databases under var/bench/replication."""
     from standbyctl.bench_replication import (Pair, catch_up, close, lag_under_intake, make_backlog,
-                                           native_catch_up, percentile, pg_clusters, set_up, sqlite_pair)
+                                           native_catch_up, pg_clusters, set_up, sqlite_pair)
+    from loadtests.percentile import percentile_ms
     from standby.domain.risk import load_risk_rules
     from standby.domain.tariff import load_tariff
     from standby.ray_runtime import ensure_ray
@@ -132,7 +133,7 @@ def replication(cli: CliContext, declarations: int, partitions: int, window: int
             if lag_seconds:  # steady state first: intake at the multiplier while the stream keeps up
                 click.echo(f"- {name}: lag while intake runs at {lag_multiplier:g}x design for {lag_seconds:g} s …")
                 delays = lag_under_intake(pair, capacity, lag_multiplier, lag_seconds)
-                lag = {f"p{p}_ms": round(percentile(delays, p) * 1000, 1) for p in (50, 95, 99)}
+                lag = {f"p{p}_ms": percentile_ms(delays, p) for p in (50, 95, 99)}
                 click.echo(f"  commit-to-apply delay over {len(delays):,} row changes: p50 {lag['p50_ms']} ms, "
                            f"p95 {lag['p95_ms']} ms, p99 {lag['p99_ms']} ms")
                 out["lag_at_multiplier"] = {"multiplier": lag_multiplier, "changes": len(delays), **lag}

@@ -170,8 +170,8 @@ def _report(stats: DemoStats, checks, seconds: float, count: int, url: str) -> N
         n = stats.lanes[lane]
         click.echo(f"  {lane:<7}{n:>6}  {100 * n / max(decided, 1):5.1f}%")
     click.echo("deciding rules: " + ", ".join(f"{r} {n}" for r, n in stats.rules.most_common(6)))
-    click.echo(f"decision latency (registration → lane, client-side): p50 {stats.percentile(50) * 1000:.1f} ms, "
-               f"p95 {stats.percentile(95) * 1000:.1f} ms, p99 {stats.percentile(99) * 1000:.1f} ms")
+    click.echo(f"decision latency (registration → lane, client-side): p50 {stats.percentile_ms(50)} ms, "
+               f"p95 {stats.percentile_ms(95)} ms, p99 {stats.percentile_ms(99)} ms")
     click.echo("final states: " + ", ".join(f"{s} {n}" for s, n in sorted(stats.final_states.items())) +
                f"; amended {stats.amended}")
     if stats.refusals:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from loadtests.latency_log import Histograms, percentile, read_latency_logs
+from loadtests.latency_log import Histograms, latency_percentile, read_latency_logs
 from loadtests.slo import DECISION, load_slos, read_locust_csv
 from standbyctl.drill.plan import correctness_problems, slo_verdicts, verdict
 
@@ -42,8 +42,8 @@ def steady_histogram(histograms: Histograms, key, start: float, end: float,
 
 def steady_percentile(histograms: Histograms, key, p: float, start: float, end: float,
                       spans: list[tuple[float, float]]) -> float | None:
-    """The p-th percentile (0 < p <= 1) of `key` over the steady whole seconds, by the project's histogram rule."""
-    return percentile(steady_histogram(histograms, key, start, end, spans), key, p)
+    """The p-th percentile (0 < p <= 100) of `key` over the steady whole seconds (loadtests.percentile)."""
+    return latency_percentile(steady_histogram(histograms, key, start, end, spans), key, p)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -76,7 +76,7 @@ def judge(params: dict, records: list[dict], extra: dict, *, interrupted: bool, 
     else:
         histograms = read_latency_logs(workdir / "locust")
     steady_decisions = steady_histogram(histograms, DECISION, start, end, spans)
-    green_p99 = percentile(steady_decisions, DECISION, 0.99)
+    green_p99 = latency_percentile(steady_decisions, DECISION, 99)
     decisions = sum(sum(c.values()) for c in steady_decisions[DECISION].values())
     lags = [s["lag_s"] for s in read_jsonl(workdir / "samples.jsonl")
             if s.get("lag_s") is not None and steady(s["at"], start, end, spans)]

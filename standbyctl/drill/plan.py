@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from standbyctl.bench_front import percentile
+from loadtests.percentile import percentile
 
 TARGET_SWITCHOVER_FREEZE_S = 1.0
 TARGET_ORG_VIA_SWITCHOVER_FREEZE_S = 2.0

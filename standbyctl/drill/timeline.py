@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtests.latency_log import Histograms, percentile
+from loadtests.latency_log import Histograms, latency_percentile
 from loadtests.slo import DECISION
 
 NAN = float("nan")
@@ -66,7 +66,7 @@ def load_series(history: Iterable[tuple[float, float | None, float | None]], t0:
     return ([x - t0 for x in xs], [_num(by_ts[x][0]) for x in xs], [_num(by_ts[x][1]) for x in xs])
 
 
-def latency_series(hist: Histograms, t0: float, key=DECISION, ps: Sequence[float] = (0.50, 0.95, 0.99)
+def latency_series(hist: Histograms, t0: float, key=DECISION, ps: Sequence[float] = (50, 95, 99)
                    ) -> tuple[list[float], list[list[float]]]:
     """(x, [one list per p in ps]): each second's exact percentiles of `key` (ms) from the latency log."""
     seconds = sorted(hist.get(key, {}))
@@ -76,7 +76,7 @@ def latency_series(hist: Histograms, t0: float, key=DECISION, ps: Sequence[float
         # walking every second of the drill for every second of it.
         one = {key: {ts: hist[key][ts]}}
         for i, p in enumerate(ps):
-            out[i].append(_num(percentile(one, key, p, after_ts=ts - 1, until_ts=ts)))
+            out[i].append(_num(latency_percentile(one, key, p, after_ts=ts - 1, until_ts=ts)))
     return [ts - t0 for ts in seconds], out
 
 

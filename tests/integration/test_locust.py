@@ -63,9 +63,9 @@ def test_locust_steady_3x_against_the_served_site(served, tmp_path):
     assert "Shape test updating to" in done.stderr + done.stdout
 
     # the per-second latency log agrees with Locust's own table, so a plateau's p99 taken from it is Locust's p99
-    from loadtests.latency_log import percentile, read_latency_logs
+    from loadtests.latency_log import latency_percentile, read_latency_logs
     latency = read_latency_logs(prefix)
     counted = sum(sum(c.values()) for c in latency[("DECISION", "green")].values())
     assert counted == int(green["Request Count"])
-    for p, column in ((0.5, "50%"), (0.99, "99%")):
-        assert percentile(latency, ("DECISION", "green"), p) == float(green[column])
+    for p, column in ((50, "50%"), (99, "99%")):
+        assert latency_percentile(latency, ("DECISION", "green"), p) == float(green[column])

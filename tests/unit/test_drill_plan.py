@@ -150,8 +150,8 @@ def test_the_steady_p99_ignores_the_seconds_of_a_freeze():
     hist = {key: {ts: Counter({20: 99}) for ts in range(100, 130)}}
     hist[key][110] = Counter({900: 50})  # a freeze's held decisions
     spans = [(109.5, 111.0)]
-    assert steady_percentile(hist, key, 0.99, 100, 130, spans) == 20.0
-    assert steady_percentile(hist, key, 0.99, 100, 130, []) == 900.0
+    assert steady_percentile(hist, key, 99, 100, 130, spans) == 20.0
+    assert steady_percentile(hist, key, 99, 100, 130, []) == 900.0
 
 
 def test_a_beat_from_the_primarys_previous_term_is_no_lag_figure():
@@ -164,6 +164,8 @@ def test_a_beat_from_the_primarys_previous_term_is_no_lag_figure():
     assert progress_line("step 2 org-restructure", 12.3, 31.2, 0.214, 3) == \
         "  … step 2 org-restructure: 12 s; 31 req/s through the front, lag 0.21 s, 3 held"
     assert progress_line(None, None, None, None, 0) == "  … between steps; load —, lag —, 0 held"
+    assert progress_line(None, None, 40.0, 0.1, 0, idle="final checks") == \
+        "  … final checks; 40 req/s through the front, lag 0.10 s, 0 held"
 
 
 def test_a_drill_that_broke_off_says_why_on_its_last_line_and_exits_1():

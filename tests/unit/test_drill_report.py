@@ -36,7 +36,7 @@ def test_load_series_keeps_the_last_row_of_a_repeated_second():
 def test_latency_series_gives_each_seconds_own_percentiles():
     hist = {DEC: {101: Counter({10: 197, 50: 2, 900: 1}), 102: Counter({20: 1}), 104: Counter({30: 3})},
             ("REPLICATION", "lag"): {103: Counter({5000: 1})}}
-    t, (p50, p99) = latency_series(hist, t0=100, ps=(0.5, 0.99))
+    t, (p50, p99) = latency_series(hist, t0=100, ps=(50, 99))
     assert t == [1, 2, 4]  # second 103 had no decision
     assert p50 == [10.0, 20.0, 30.0]
     assert p99 == [50.0, 20.0, 30.0]  # 101: one 900 ms in 200 is past the p99; 102, 104: own values only

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from loadtests.latency_log import LatencyLog, log_path, percentile, read_latency_logs, rounded_ms
+from loadtests.latency_log import LatencyLog, latency_percentile, log_path, read_latency_logs, rounded_ms
 
 GREEN = ("DECISION", "green")
 
@@ -16,18 +16,18 @@ def test_percentile_uses_locusts_rule():
     # locust.stats.calculate_response_time_percentile walks down from the slowest until at most int(p x n) values
     # remain: over 1..100 ms that gives p99 = 100 and p50 = 51 (worked by hand from its source).
     hist = {GREEN: {1: Counter({ms: 1 for ms in range(1, 101)})}}
-    assert percentile(hist, GREEN, 0.99) == 100.0
-    assert percentile(hist, GREEN, 0.50) == 51.0
-    assert percentile({GREEN: {1: Counter({8: 197, 9: 2, 400: 1})}}, GREEN, 0.99) == 9.0
-    assert percentile(hist, ("DECISION", "red"), 0.99) is None
+    assert latency_percentile(hist, GREEN, 99) == 100.0
+    assert latency_percentile(hist, GREEN, 50) == 51.0
+    assert latency_percentile({GREEN: {1: Counter({8: 197, 9: 2, 400: 1})}}, GREEN, 99) == 9.0
+    assert latency_percentile(hist, ("DECISION", "red"), 99) is None
 
 
 def test_span_selects_seconds_after_start_up_to_end():
     hist = {GREEN: {10: Counter({5: 100}), 11: Counter({500: 100}), 12: Counter({7: 100})}}
-    assert percentile(hist, GREEN, 0.99, after_ts=11, until_ts=12) == 7.0
-    assert percentile(hist, GREEN, 0.99, after_ts=9, until_ts=10) == 5.0
-    assert percentile(hist, GREEN, 0.99) == 500.0
-    assert percentile(hist, GREEN, 0.99, after_ts=12) is None
+    assert latency_percentile(hist, GREEN, 99, after_ts=11, until_ts=12) == 7.0
+    assert latency_percentile(hist, GREEN, 99, after_ts=9, until_ts=10) == 5.0
+    assert latency_percentile(hist, GREEN, 99) == 500.0
+    assert latency_percentile(hist, GREEN, 99, after_ts=12) is None
 
 
 def test_one_bad_window_does_not_make_a_long_plateau_fail():
@@ -35,7 +35,7 @@ def test_one_bad_window_does_not_make_a_long_plateau_fail():
     the worst rolling window's p99 is 300 ms."""
     per_s = {ts: Counter({10: 30}) for ts in range(60)}
     per_s[30] = Counter({300: 10})
-    assert percentile({GREEN: per_s}, GREEN, 0.99) == 10.0
+    assert latency_percentile({GREEN: per_s}, GREEN, 99) == 10.0
 
 
 def test_processes_write_their_own_files_and_reading_merges_them(tmp_path):
