@@ -25,14 +25,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+LEFTOVERS = "processes.json"  # in the work folder: what a run started and has not stopped yet
+
+
 class Deployment:
     """The bench's processes (sites, front, Locust; the replicators through their pid files) and the settings file
-    they share. `stop()` ends every one of them, the clusters and the Ray cluster; safe to call twice."""
+    they share. `stop()` ends every one of them, the clusters and the Ray cluster; safe to call twice. What it has
+    started is kept in the work folder's processes.json until `stop()`, so a run killed with -9 leaves a list a later
+    run stops first (`stop_leftovers`)."""
 
     def __init__(self, workdir: Path, log):
         self.workdir, self.log = workdir, log
         self.config = workdir / "bench.yaml"
         self.procs: dict[str, subprocess.Popen] = {}
+        self.commands: dict[str, list[str]] = {}  # as launched: what /proc/PID/cmdline says once it has started
         self.clusters: list = []
         self.started_ray = False
         self.operator = "bench"  # the operator identity the runbooks it launches run under
@@ -53,7 +59,18 @@ class Deployment:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=self.workdir)
         self.procs[name] = proc
+        self.commands[name] = [str(a) for a in cmd]
+        self.record()
         return proc
+
+    def record(self) -> None:
+        """Rewrite processes.json: every process group this deployment started and every PostgreSQL cluster."""
+        document = {"processes": [{"name": name, "pid": proc.pid, "cmdline": self.commands[name]}
+                                  for name, proc in self.procs.items() if proc.poll() is None],
+                    "clusters": [c.describe() for c in self.clusters if c.base is not None]}
+        tmp = self.workdir / f"{LEFTOVERS}.tmp"
+        tmp.write_text(json.dumps(document, indent=1))
+        os.replace(tmp, self.workdir / LEFTOVERS)
 
     def wait_http(self, name: str, url: str, timeout_s: float = 180, token: str | None = None) -> None:
         """Wait until `url` answers 200 (with `token` as bearer); RuntimeError if `name` exits or time runs out."""
@@ -80,6 +97,47 @@ class Deployment:
 
             shutdown_ray()
             self.started_ray = False
+        (self.workdir / LEFTOVERS).unlink(missing_ok=True)
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return None
+
+
+def stop_leftovers(workdir: Path, log) -> int:
+    """Stop what a run in `workdir` started and never stopped (it was killed with -9: its processes.json is still
+    there): each process group still running the command it was started with (a reused pid is left alone), the
+    replicators of its pid files, and its PostgreSQL clusters (stopped, their folders removed). Returns how many
+    were stopped. The Ray a run started ends with it (Ray's reaper), so it is not in the list."""
+    from standby.store.pg_cluster import PgCluster, PgClusterError
+
+    path = workdir / LEFTOVERS
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return 0
+    stopped = 0
+    for entry in document.get("processes", []):
+        if entry.get("cmdline") and _cmdline(entry["pid"]) == entry["cmdline"]:
+            log(f"- stopping {entry['name']} (pid {entry['pid']}), left running by an earlier run killed in {workdir}")
+            terminate(entry["pid"], None, timeout_s=15)
+            stopped += 1
+    for pid in replicator_pids(workdir):
+        terminate(pid, None, timeout_s=15)
+        stopped += 1
+    for described in document.get("clusters", []):
+        if Path(described["base"]).exists():
+            log(f"- removing PostgreSQL cluster {described['base']}, left by an earlier run")
+            try:
+                PgCluster.adopt(described).cleanup()
+            except PgClusterError as exc:
+                log(f"  could not stop it: {exc}")
+            stopped += 1
+    path.unlink(missing_ok=True)
+    return stopped
 
 
 def terminate(pid: int, proc: subprocess.Popen | None, timeout_s: float = 60) -> None:
@@ -114,6 +172,7 @@ def write_settings(dep: Deployment, base, backend: str, ray_address: str) -> Non
         for part in ("a", "b", "witness"):
             cluster = PgCluster(name=f"sw-{part}").start()
             dep.clusters.append(cluster)
+            dep.record()
             urls[part] = cluster.create_database(f"switchover_{part}")
         dep.log(f"  PostgreSQL clusters on ports {', '.join(str(c.port) for c in dep.clusters)}")
     else:
@@ -140,6 +199,7 @@ def deploy(base, workdir: Path, backend: str, enterprises_count: int, log, befor
     from standby.ray_runtime import ensure_ray
     from standby.settings import load_settings
 
+    stop_leftovers(workdir, log)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     dep = Deployment(workdir, log)

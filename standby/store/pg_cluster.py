@@ -288,6 +288,20 @@ class PgCluster:
             _live_clusters.discard(self)
             self.base, self._initialised = None, False
 
+    def describe(self) -> dict:
+        """What `adopt` needs to find this cluster again from another process (e.g. to remove one a killed run
+        left behind)."""
+        return {"bindir": str(self.bindir), "name": self.name, "base": str(self._require_base()), "port": self.port,
+                "os_user": self.os_user}
+
+    @classmethod
+    def adopt(cls, described: dict) -> "PgCluster":
+        """The cluster `describe()` gave, as started: `cleanup()` stops it and removes its directory."""
+        cluster = cls(described["bindir"], name=described["name"])
+        cluster.base, cluster.port, cluster.os_user = Path(described["base"]), described["port"], described["os_user"]
+        cluster._initialised = True
+        return cluster
+
     def __enter__(self) -> "PgCluster":
         return self.start()
 

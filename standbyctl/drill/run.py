@@ -28,7 +28,7 @@ from standbyctl.bench_failover_figures import failover_rpo, reconcile_counts
 from standbyctl.bench_restructure import run_once_frozen
 from standbyctl.bench_switchover import (LedgerCheck, count_events, hold_delta, ledger_against, scrape,
                                          start_locust, stop_and_check, switch_once)
-from standbyctl.bench_switchover_deploy import Deployment, deploy, terminate
+from standbyctl.bench_switchover_deploy import Deployment, deploy, stop_leftovers, terminate
 from standbyctl.drill.plan import DrillStep, StepKind, StepStatus, drill_plan
 from standbyctl.drill.sampler import Sampler
 from standbyctl.drill.sites import EmbeddedSites, RunningSites, check_running
@@ -335,6 +335,7 @@ def start_on_running_sites(d: Drill, base) -> tuple[str, str]:
     from standby.store.engine import make_engine
 
     o = d.options
+    stop_leftovers(o.workdir, d.log)
     shutil.rmtree(o.workdir, ignore_errors=True)  # a run folder of the drill's own (the CLI checked it)
     o.workdir.mkdir(parents=True)
     d.dep, d.settings = Deployment(o.workdir, d.log), base
@@ -446,6 +447,7 @@ def main_run(base, options: DrillOptions, log) -> dict:
             _sleep_unless_stopped(d.options.warmup_s, stop)
             completed = steps_loop(d, plan, stop, sampler)
             log("- stopping the load; settling the standby; the final ledger check and verify …")
+            sampler.finishing()
             extra = finish(d)
         except KeyboardInterrupt:
             extra["error"] = "stopped at once by a second Ctrl-C/SIGTERM: the step in hand was cut short"

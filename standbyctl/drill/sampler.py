@@ -24,9 +24,10 @@ BEAT_SLACK_S = 1.0  # the sampler sees a new primary up to one sample late
 
 
 def progress_line(step_title: str | None, step_elapsed_s: float | None, load_rps: float | None,
-                  lag_s: float | None, held: int) -> str:
-    """The live line, e.g. `  … step 2 org restructure: 12 s; 31 req/s through the front, lag 0.21 s, 0 held`."""
-    where = f"{step_title}: {step_elapsed_s:.0f} s" if step_title else "between steps"
+                  lag_s: float | None, held: int, idle: str = "between steps") -> str:
+    """The live line, e.g. `  … step 2 org restructure: 12 s; 31 req/s through the front, lag 0.21 s, 0 held`;
+    `idle` names the time outside a step (warm-up, between steps, final checks)."""
+    where = f"{step_title}: {step_elapsed_s:.0f} s" if step_title else idle
     load = "load —" if load_rps is None else f"{load_rps:,.0f} req/s through the front"
     lag = "lag —" if lag_s is None else f"lag {lag_s:.2f} s"
     return f"  … {where}; {load}, {lag}, {held} held"
@@ -54,6 +55,7 @@ class Sampler:
         self.scrape_every, self._n = scrape_every, 0
         self._held: tuple = (0, 0, None)  # the last scrape's, carried by the samples between scrapes
         self._step: tuple[str, str, float] | None = None
+        self._idle = "warm-up"  # what the progress line calls the time outside a step
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="drill-sampler", daemon=True)
         self._last_forwarded: tuple[float, float] | None = None
@@ -65,6 +67,11 @@ class Sampler:
 
     def step(self, step_id: str | None, title: str | None = None) -> None:
         self._step = (step_id, title or step_id, self.clock()) if step_id else None
+        self._idle = "between steps"
+
+    def finishing(self) -> None:
+        """The steps are over: the progress line says final checks."""
+        self._step, self._idle = None, "final checks"
 
     def stop(self) -> None:
         self._stop.set()
@@ -124,7 +131,7 @@ class Sampler:
     def _progress(self, sample: dict) -> None:
         step = self._step
         self.log(progress_line(step[1] if step else None, (sample["at"] - step[2]) if step else None,
-                               sample["load_rps"], sample["lag_s"], sample["front_held"] + sample["site_held"]))
+                               sample["load_rps"], sample["lag_s"], sample["front_held"] + sample["site_held"], self._idle))
 
 
 def _totals(http: httpx.Client, url: str) -> dict[str, float]:
