@@ -82,8 +82,10 @@ def run_figures(entries, status: str, run_id: str | None = None) -> RunFigures:
 def failover_rpo(failover: RunFigures, ledger_lost: list[str]) -> dict:
     """The failover report's RPO beside the client ledger's: `reported` (lost_count), `exact`, `ledger` (numbers
     acknowledged to a client and missing on the new primary), `unnamed` (ledger-lost numbers the report does not
-    name: the report must name every one) and `unseen` (named by the report, never acknowledged to a client: their
-    answer was cut off by the kill). Numbers compare by declaration (without the amendment digit)."""
+    name: the report must name every one) and `unseen` (named by the report, not among the ledger's lost numbers:
+    the ledger holds the numbers clients were given, so this is either a later change to a number the new primary
+    has, e.g. a registration acknowledged just before the kill, or an answer the kill cut off before the client saw
+    it). Numbers compare by declaration (without the amendment digit)."""
     report = failover.outputs.get("report") or {}
     named = {str(d["number"])[:-1] for d in report.get("lost", [])}
     ledger = {n[:-1] for n in ledger_lost}

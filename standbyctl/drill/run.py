@@ -200,8 +200,9 @@ def run_failover(d: Drill, step: DrillStep, record: dict) -> None:
     rpo = failover_rpo(failover, ledger_against(d.dep, d.settings, step.target).lost)
     record.update(rpo_lost=rpo["ledger"], rpo_listed_exactly=not rpo["unnamed"],
                   verify=f"not run: {step.source} is down until its failback",
-                  note=f"failover report: {rpo['reported']} lost"
-                       + ("" if rpo["exact"] else " (estimate)") + f"; {rpo['unseen']} named but never acknowledged")
+                  note=f"failover report: {rpo['reported']} lost" + ("" if rpo["exact"] else " (estimate)")
+                       + (f", {rpo['unseen']} of them not numbers the ledger lost (a later change to a number "
+                          f"{step.target} has, or an answer the kill cut off)" if rpo["unseen"] else ""))
 
 
 def start_watches(d: Drill, sites: tuple[str, ...], timeout_s: float = 120) -> None:
