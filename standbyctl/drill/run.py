@@ -159,10 +159,10 @@ def run_org_restructure(d: Drill, step: DrillStep, record: dict) -> None:
                   resumed_at=figures.get("resumed_at"), held_front=holds["front_held"],
                   held_site=holds["site_held"], error=figures.get("error"))
     moved = figures.get("moved")
-    record["note"] = (f"prepare {figures['prepare_s']:.2f} s online; moved {sum(moved.values()):,} records"
-                      if figures.get("prepare_s") is not None and isinstance(moved, dict) else None)
-    if figures.get("refused"):
-        record["note"] = f"refused {len(figures['refused'])}x before freezing, then run again"
+    notes = [f"prepare {figures['prepare_s']:.2f} s online; moved {sum(moved.values()):,} records"
+             if figures.get("prepare_s") is not None and isinstance(moved, dict) else None,
+             f"refused {len(figures['refused'])}x before freezing, then run again" if figures.get("refused") else None]
+    record["note"] = "; ".join(n for n in notes if n) or None
 
 
 def run_failover(d: Drill, step: DrillStep, record: dict) -> None:
