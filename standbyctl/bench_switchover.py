@@ -180,9 +180,12 @@ def metric_totals(text: str) -> dict[str, float]:
 
 def hold_delta(before: dict[str, dict], after: dict[str, dict]) -> dict:
     """Requests held over one switchover and the latency the holds added, from the front's and the sites' metric
-    totals before and after it (`{"front": {...}, "A": {...}, "B": {...}}`)."""
+    totals before and after it (`{"front": {...}, "A": {...}, "B": {...}}`). A counter that went down belongs to a
+    process that restarted in between (a failback's site): its reading after counts whole, Prometheus' reset rule; a
+    site that answers no longer (killed) counts 0, its counts died with it."""
     def d(where: str, name: str) -> float:
-        return after.get(where, {}).get(name, 0.0) - before.get(where, {}).get(name, 0.0)
+        now, was = after.get(where, {}).get(name, 0.0), before.get(where, {}).get(name, 0.0)
+        return now - was if now >= was else now
 
     sites = [k for k in after if k != "front"]
     site_held = sum(d(s, "clearance_intake_holds_total") for s in sites)

@@ -170,7 +170,7 @@ def run_failover(d: Drill, step: DrillStep, record: dict) -> None:
     sites' watches for the step when it started the sites; running sites have their own) or, with --failover-by
     operator, by the runbook once the witness's lease expired (as a person would); RTO to the first write the new
     primary acknowledged; RPO beside the ledger."""
-    epoch = d.witness.state().epoch
+    epoch, before = d.witness.state().epoch, scrape(d.settings)
     by_watch = d.options.failover_by == "watch"
     ours = by_watch and isinstance(d.sites, EmbeddedSites)
     try:
@@ -196,7 +196,9 @@ def run_failover(d: Drill, step: DrillStep, record: dict) -> None:
     if failover.status != "done":
         return
     recovered = wait_first_write(d.dep, d.settings.site(step.target).site_digit, kill_at)
-    record.update(recovered_at=recovered, rto_s=(recovered - kill_at) if recovered else None)
+    holds = hold_delta(before, scrape(d.settings))  # the front holds writes from the kill until B is primary
+    record.update(recovered_at=recovered, rto_s=(recovered - kill_at) if recovered else None,
+                  held_front=holds["front_held"], held_site=holds["site_held"])
     rpo = failover_rpo(failover, ledger_against(d.dep, d.settings, step.target).lost)
     record.update(rpo_lost=rpo["ledger"], rpo_listed_exactly=not rpo["unnamed"],
                   verify=f"not run: {step.source} is down until its failback",
@@ -229,13 +231,14 @@ def stop_watches(d: Drill) -> None:
 
 
 def run_failback(d: Drill, step: DrillStep, record: dict) -> None:
-    site = step.params["site"]
+    site, before = step.params["site"], scrape(d.settings)
     d.sites.bring_back(d.dep, d.settings, site, d.token)
     failback, _took = runbook_figures(d.dep, d.witness, d.workdir / f"step-{step.n}-failback.log", "failback",
                                       step.params)
     counts = reconcile_counts(failback)
+    holds = hold_delta(before, scrape(d.settings))
     record.update(status=_status(failback.status), run_id=failback.run_id, error=failback.error,
-                  conflicts=counts["conflicts"])
+                  conflicts=counts["conflicts"], held_front=holds["front_held"], held_site=holds["site_held"])
     record["note"] = (f"quarantined {counts['quarantined']}, re-applied {counts['reapplied']}, "
                       f"conflicts {counts['conflicts']}")
 

@@ -133,6 +133,14 @@ def test_hold_delta_counts_held_requests_and_their_mean_hold_between_two_reading
     assert holds["front_refused"] == 0 and holds["site_refused"] == 0
 
 
+def test_hold_delta_of_a_killed_site_is_zero_and_of_a_restarted_one_its_new_count():
+    site = metric_totals(SITE_AFTER)
+    restarted = {name: value / 3 for name, value in site.items()}  # counted afresh since its restart
+    holds = hold_delta({"front": {}, "A": site, "B": site}, {"front": {}, "A": {}, "B": restarted})
+    assert holds["site_held"] == int(site["clearance_intake_holds_total"] / 3)
+    assert holds["site_refused"] == 0
+
+
 def _row(n: int, freeze_s: float | None, status: str = "done") -> dict:
     figures = SwitchFigures(status, freeze_s, 5.0 if freeze_s else None, 0.02,
                             {"catch_up": 0.03, "bump_epoch": 0.01, "promote": 0.01, "reverse_stream": 0.02})
