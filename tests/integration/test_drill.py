@@ -76,7 +76,7 @@ def test_the_last_line_is_the_verdict_and_the_exit_code_matches_it(quick_drill):
     assert "| 3 | Unplanned failover: kill -9 of A, B takes over | done |" in done.stdout
 
 
-def test_the_runbook_runs_are_recorded_under_the_drills_operator(quick_drill):
+def test_the_drills_runbook_runs_are_its_operators_and_the_failover_is_the_watchs(quick_drill):
     from cutover.witness import open_witness
 
     _done, _document, workdir = quick_drill
@@ -86,7 +86,9 @@ def test_the_runbook_runs_are_recorded_under_the_drills_operator(quick_drill):
     finally:
         witness.close()
     assert {r.runbook for r in runs} >= {"switchover", "org-restructure-via-switchover", "failover", "failback"}
-    assert {r.operator for r in runs} == {"test-drill"}
+    # the failover is automatic (--failover-by watch, the default): B's watch ran it under its own identity
+    assert {r.operator for r in runs if r.runbook == "failover"} == {"watch@B"}
+    assert {r.operator for r in runs if r.runbook != "failover"} == {"test-drill"}
 
 
 def test_the_report_renders_in_a_real_browser(quick_drill):
