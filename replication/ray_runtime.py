@@ -1,4 +1,7 @@
-"""All of the replication package's Ray calls: ApplyWorker actors, one per partition of keys, and their pool."""
+"""All of the replication package's Ray calls: ApplyWorker actors, one per partition of keys, and their pool.
+
+On a cluster of several nodes the apply workers are spread over them (standby.ray_runtime.node_spread); each opens
+the standby's database itself, so every node must reach it (standby.ray_runtime.database_out_of_reach)."""
 from __future__ import annotations
 
 import os
@@ -8,11 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 
 from replication.apply import ApplyResult
 from replication.changes import Change
 from replication.errors import PermanentApplyError, ReplicationError, TargetUnavailable
+from standby.ray_runtime import node_spread
 
 
 @dataclass(frozen=True)
@@ -54,15 +58,16 @@ class ApplyPool:
 
     def start(self) -> None:
         namespace = f"replication-{uuid.uuid4().hex[:8]}"
-        self._actors = [ApplyWorker.options(name=f"apply-{i}", namespace=namespace, num_cpus=0).remote(self.url)
-                        for i in range(self.partitions)]
+        self._actors = [ApplyWorker.options(name=f"apply-{i}", namespace=namespace, num_cpus=0,
+                                            scheduling_strategy=strategy).remote(self.url)
+                        for i, strategy in enumerate(node_spread(self.partitions))]
         ray.get([a.pid.remote() for a in self._actors], timeout=120)
 
     def apply(self, stream: str, windows: dict[int, tuple[Sequence[Change], int]]) -> list[ApplyResult]:
         refs = [self._actors[p].apply.remote(stream, p, list(changes), upto) for p, (changes, upto) in windows.items()]
         try:
             outcomes = ray.get(refs, timeout=self.call_timeout_s)
-        except (RayActorError, GetTimeoutError) as exc:
+        except (RayActorError, ObjectLostError, GetTimeoutError) as exc:  # lost: stored on a node that died
             raise TargetUnavailable(f"an apply worker died or stalled ({type(exc).__name__}); retrying") from exc
         failures = [o for o in outcomes if isinstance(o, ApplyFailure)]
         permanent = [f for f in failures if f.kind == "permanent"]

@@ -1,9 +1,11 @@
 """All of the standby package's Ray calls: the ClearanceWorker actor and the pool that calls it.
 
 A worker owns one partition of customs offices and carries out its batches with a ClearancePipeline. Actors restart
-forever (max_restarts=-1). A call whose actor died is retried by the pool a bounded number of times; the retry is safe
-because every command carries its idempotency key, so a batch that committed before the actor died is answered from
-the stored first answers rather than written twice.
+forever (max_restarts=-1). On a cluster of several nodes the workers are spread over them (node_spread; a worker
+restarted after its node died goes to a node that is alive); each opens the site's database itself, so every node
+must reach it (database_out_of_reach). A call whose actor died is retried by the pool a bounded number of times; the
+retry is safe because every command carries its idempotency key, so a batch that committed before the actor died is
+answered from the stored first answers rather than written twice.
 """
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from standby.clearance.commands import Command, Outcome, refused
+from standby.placement import ClusterNode, spread_partitions, sqlite_out_of_reach
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,31 @@ def shutdown_ray() -> None:
     ray.shutdown()
 
 
+def database_out_of_reach(site_id: str, database_url: str, workers: str = "clearance workers") -> str | None:
+    """Why the workers this process will place on its Ray cluster could land where site `site_id`'s database cannot
+    be opened (a SQLite file with an alive node on another machine; standby.placement decides), naming the site,
+    the database and the remote node; None when every node can open it. Call it after ensure_ray, before starting
+    the workers, and refuse to start on a reason."""
+    here, nodes = _cluster_nodes()
+    driver_ip = next(n.ip for n in nodes if n.node_id == here)
+    return sqlite_out_of_reach(site_id, database_url, driver_ip, nodes, workers)
+
+
+def node_spread(partitions: int) -> list[NodeAffinitySchedulingStrategy]:
+    """A scheduling strategy for each of `partitions` actors: round robin over the cluster's alive nodes, this
+    process's node first (standby.placement.spread_partitions); on a single node all stay on it. Soft: an actor
+    restarted after its node died is placed on a node that is alive. (Ray's own SPREAD strategy is not used: it put
+    a second pool's two actors both on one node of two.)"""
+    here, nodes = _cluster_nodes()
+    return [NodeAffinitySchedulingStrategy(node, soft=True) for node in spread_partitions(partitions, nodes, here)]
+
+
+def _cluster_nodes() -> tuple[str, list[ClusterNode]]:
+    """This process's node id and every node of its Ray cluster."""
+    here = ray.get_runtime_context().get_node_id()
+    return here, [ClusterNode(n["NodeID"], n["NodeManagerAddress"], bool(n["Alive"])) for n in ray.nodes()]
+
+
 class WorkerPool:
     """One ClearanceWorker per partition for one site.
 
@@ -99,10 +128,12 @@ class WorkerPool:
 
     def start(self) -> None:
         namespace = f"standby-{self.spec.site_id}-{uuid.uuid4().hex[:8]}"
+        # Spread over the nodes of a cluster of several (on one node nothing changes), so the intake uses every
+        # node's cores and a node lost takes only its share of the partitions down at once.
         self._actors = [
             ClearanceWorker.options(name=f"clearance-{self.spec.site_id}-{i}", namespace=namespace, num_cpus=0,
-                                    max_concurrency=1).remote(self.spec)
-            for i in range(self.partitions)
+                                    max_concurrency=1, scheduling_strategy=strategy).remote(self.spec)
+            for i, strategy in enumerate(node_spread(self.partitions))
         ]
         self._incarnations = [None] * self.partitions
         # Wait for every actor to be constructed, so a broken config fails at start, not on the first request.
@@ -115,7 +146,8 @@ class WorkerPool:
         for attempt in range(self.attempts):
             try:
                 incarnation, outcomes = await asyncio.wait_for(actor.process.remote(batch), self.call_timeout_s)
-            except (RayActorError, GetTimeoutError, asyncio.TimeoutError) as exc:
+            # ObjectLostError: the worker answered, but its answer was stored on a node that died before it was read.
+            except (RayActorError, ObjectLostError, GetTimeoutError, asyncio.TimeoutError) as exc:
                 last_error = exc
                 log.warning("worker %s/%d failed on attempt %d: %s", self.spec.site_id, partition, attempt + 1,
                             type(exc).__name__)

@@ -20,7 +20,7 @@ from replication.sources import check_revisions, open_source, stream_name, strea
 from replication.streams import retire_stream
 from replication.verify import verify as verify_tables
 from standby.domain.states import SiteRole
-from standby.ray_runtime import ensure_ray, shutdown_ray
+from standby.ray_runtime import database_out_of_reach, ensure_ray, shutdown_ray
 from standby.store.site import read_control
 
 
@@ -73,6 +73,8 @@ def replicate(cli: CliContext, source_site: str, target_site: str, partitions: i
                         err=True)
     source = open_source(settings.database_url(source_site), source_site, target_site)
     started_ray = ensure_ray(settings.ray.address, settings.ray.num_cpus)
+    if reason := database_out_of_reach(target_site, settings.database_url(target_site), "apply workers"):
+        fail(reason, 2)
     pool = ApplyPool(settings.database_url(target_site), partitions)
     pool.start()
     replicator = Replicator(source, pool, Applier(apply_engine(settings.database_url(target_site))),

@@ -9,7 +9,7 @@ from standbyctl.commands.witness import open_settings_witness, witness_url
 from standbyctl.sync_positions import sync_positions
 from standbyctl.context import CliContext, fail, open_site_database, pass_cli, site_option
 from standby.domain.states import SiteRole
-from standby.ray_runtime import ensure_ray, shutdown_ray
+from standby.ray_runtime import database_out_of_reach, ensure_ray, shutdown_ray
 from standby.site_process import build_site, run_forever
 from standby.store.site import read_control
 
@@ -46,6 +46,8 @@ def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, por
     http = settings.site(site_id).http
     host, port = host or http.host, port or http.port
     started_ray = False if in_process else ensure_ray(settings.ray.address, settings.ray.num_cpus)
+    if not in_process and (reason := database_out_of_reach(site_id, settings.database_url(site_id))):
+        fail(reason, 2)
     positions = sync_positions(settings, site_id)
     # The lease keeper's own witness connection, its retries bounded by the lease's retry timeout (not the
     # witness's default budget of seconds), so a primary cut off from the witness notices within its timing rule.
