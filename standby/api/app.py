@@ -3,28 +3,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from fastapi import Depends, FastAPI, Header
+from fastapi import Depends, FastAPI, Header, Query, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tenacity import AsyncRetrying, retry_if_exception_type, retry_if_result, stop_never, wait_fixed
 
 from standby.api import errors
 from standby.api.auth import TokenRegistry
+from standby.api.contract import (BEARER, Health, IdempotencyKey, Number, Readiness, SiteState, answers,
+                                  published)
 from standby.api.errors import ApiError
 from standby.api.hold import HoldQueue, HoldResult
 from standby.api.metrics import SiteMetrics
 from standby.api.models import AmendIn, DecisionIn, PaymentIn, PreDeclareIn
-from standby.api.org_reads import UnitNames, add_org_routes, declarant_addresses
+from standby.api.org_reads import UnitNames, add_org_routes, declaration_body
 from standby.api.sync import SyncGate, acknowledged
 from standby.clearance.commands import Command, Op, Outcome, Principal, Role
 from standby.clearance.handlers import declaration_view
@@ -37,7 +40,6 @@ from standby.store import reads
 from standby.store.site import SiteControl, read_control
 
 log = logging.getLogger(__name__)
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 OFFICE_CACHE_SIZE = 200_000
 
 
@@ -283,6 +285,10 @@ def create_app(services: SiteServices) -> FastAPI:
     app.add_exception_handler(ApiError, errors.on_api_error)
     app.add_exception_handler(RequestValidationError, errors.on_validation_error)
     app.add_exception_handler(StarletteHTTPException, errors.on_http_error)
+    for unavailable in (OperationalError, PoolTimeout):
+        app.add_exception_handler(unavailable, errors.on_store_unavailable)
+    app.add_exception_handler(Exception, errors.on_unexpected)
+    app.openapi = lambda: published(app)
     app.state.services = services
     _routes(app, services)
     app.add_middleware(errors.BodyLimit, limit=services.max_body_bytes)
@@ -290,7 +296,9 @@ def create_app(services: SiteServices) -> FastAPI:
 
 
 def _auth(services: SiteServices, *roles: Role):
-    async def dependency(authorization: str | None = Header(None)) -> Principal:
+    # The bearer scheme is declared for the document (BEARER); the header is read here, so the refusals are ours.
+    async def dependency(authorization: str | None = Header(None, include_in_schema=False),
+                         _scheme: object = Security(BEARER)) -> Principal:
         if not authorization or not authorization.startswith("Bearer "):
             raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>'",
                            headers={"WWW-Authenticate": "Bearer"})
@@ -305,13 +313,9 @@ def _auth(services: SiteServices, *roles: Role):
     return dependency
 
 
-async def _idempotency_key(idempotency_key: str | None = Header(None)) -> str:
-    if idempotency_key is None:
-        raise ApiError(400, "idempotency_key_required",
-                       "send an Idempotency-Key header so a retried request is answered once, never twice")
-    if not KEY_PATTERN.match(idempotency_key):
-        raise ApiError(400, "idempotency_key_invalid",
-                       "Idempotency-Key must be 1-128 characters of letters, digits and . _ : -")
+async def _idempotency_key(idempotency_key: IdempotencyKey) -> str:
+    """The header as published (required, KEY_PATTERN); one that is not is refused by errors.on_validation_error
+    with contract.parameter_refusal (400 idempotency_key_required / idempotency_key_invalid)."""
     return idempotency_key
 
 
@@ -364,60 +368,69 @@ def _routes(app: FastAPI, s: SiteServices) -> None:
                 offices_by_base.popitem(last=False)
         return office
 
-    @app.post("/v1/declarations", status_code=201, tags=["intake"], summary="Pre-declare (IDA import / EDA export)")
+    @app.post("/v1/declarations", status_code=201, tags=["intake"], summary="Pre-declare (IDA import / EDA export)",
+              responses=answers("pre_declare"))
     async def pre_declare(body: PreDeclareIn, principal: Principal = Depends(declarant_or_operator),
                           key: str = Depends(_idempotency_key)):
         return await carry_out(Op.PRE_DECLARE, principal, key, body.model_dump(mode="json"), body.office_code)
 
-    @app.post("/v1/declarations/{number}/registration", tags=["intake"],
+    @app.post("/v1/declarations/{number}/registration", tags=["intake"], responses=answers("register"),
               summary="Register (IDC / EDC): the lane is decided and, for yellow and red, an officer assigned")
-    async def register(number: str, principal: Principal = Depends(declarant_or_operator),
+    async def register(number: Number, principal: Principal = Depends(declarant_or_operator),
                        key: str = Depends(_idempotency_key)):
         return await carry_out(Op.REGISTER, principal, key, {"number": number}, await office_of(number))
 
-    @app.post("/v1/declarations/{number}/amendments", tags=["intake"], summary="Amend (IDE / EDE)")
-    async def amend(number: str, body: AmendIn, principal: Principal = Depends(declarant_or_operator),
+    @app.post("/v1/declarations/{number}/amendments", tags=["intake"], summary="Amend (IDE / EDE)",
+              responses=answers("amend"))
+    async def amend(number: Number, body: AmendIn, principal: Principal = Depends(declarant_or_operator),
                     key: str = Depends(_idempotency_key)):
         return await carry_out(Op.AMEND, principal, key, {"number": number, **body.model_dump(mode="json")},
                                await office_of(number))
 
-    @app.post("/v1/declarations/{number}/payments", tags=["intake"], summary="Pay the outstanding duty and VAT")
-    async def pay(number: str, body: PaymentIn, principal: Principal = Depends(declarant_or_operator),
+    @app.post("/v1/declarations/{number}/payments", tags=["intake"], summary="Pay the outstanding duty and VAT",
+              responses=answers("pay"))
+    async def pay(number: Number, body: PaymentIn, principal: Principal = Depends(declarant_or_operator),
                   key: str = Depends(_idempotency_key)):
         return await carry_out(Op.PAY, principal, key, {"number": number, **body.model_dump(mode="json")},
                                await office_of(number))
 
-    @app.post("/v1/declarations/{number}/decision", tags=["officers"],
+    @app.post("/v1/declarations/{number}/decision", tags=["officers"], responses=answers("decide"),
               summary="An officer's document-check or inspection result")
-    async def decide(number: str, body: DecisionIn, principal: Principal = Depends(officer),
+    async def decide(number: Number, body: DecisionIn, principal: Principal = Depends(officer),
                      key: str = Depends(_idempotency_key)):
         return await carry_out(Op.DECIDE, principal, key, {"number": number, **body.model_dump(mode="json")},
                                await office_of(number))
 
     # Reads are plain functions: FastAPI runs them in its threadpool, off the event loop that carries intake.
-    @app.get("/v1/declarations/{number}", tags=["reads"], summary="A declaration with its goods lines")
-    def get_declaration(number: str, principal: Principal = Depends(anyone)):
-        return JSONResponse(_read_declaration(s, number, principal, names))
+    @app.get("/v1/declarations/{number}", tags=["reads"], summary="A declaration with its goods lines",
+             responses=answers("get_declaration"))
+    def get_declaration(number: Number, principal: Principal = Depends(anyone)):
+        return JSONResponse(declaration_body(s.read_engine, s.site_id, number, principal, names))
 
     add_org_routes(app, s.read_engine, s.site_id, names, anyone, officer)
 
-    @app.get("/v1/officers/me/queue", tags=["officers"], summary="Declarations waiting for this officer")
-    def queue(principal: Principal = Depends(_auth(s, Role.OFFICER)), limit: int = 100):
+    @app.get("/v1/officers/me/queue", tags=["officers"], summary="Declarations waiting for this officer",
+             responses=answers("queue"))
+    def queue(principal: Principal = Depends(_auth(s, Role.OFFICER)),
+              limit: int = Query(100, description="at most this many; taken as 1-1000")):
         limit = max(1, min(limit, 1000))
         with s.read_engine.connect() as conn:
             rows = reads.officer_queue(conn, principal.subject, limit)
         # Bodies are JSON-ready (str and int): JSONResponse skips FastAPI's generic encoder, a cost on every read.
         return JSONResponse({"officer_id": principal.subject, "items": [declaration_view(r) for r in rows]})
 
-    @app.get("/v1/site", tags=["operations"], summary="The site's role, epoch and intake state")
+    @app.get("/v1/site", tags=["operations"], summary="The site's role, epoch and intake state",
+             response_model=None, responses={200: {"model": SiteState}, **answers("site")})
     async def site(_principal: Principal = Depends(anyone)):
-        return _control_body(s, await s.current_control())
+        return JSONResponse(_control_body(s, await s.control_or_503()))
 
-    @app.get("/healthz", tags=["operations"], summary="The process is up")
+    @app.get("/healthz", tags=["operations"], summary="The process is up", response_model=None,
+             responses={200: {"model": Health}, **answers("healthz")})
     async def healthz():
         return {"status": "ok", "site": s.site_id}
 
-    @app.get("/readyz", tags=["operations"], summary="Ready for writes: the intake gate admits (503 otherwise)")
+    @app.get("/readyz", tags=["operations"], summary="Ready for writes: the intake gate admits (503 otherwise)",
+             response_model=None, responses={200: {"model": Readiness}, **answers("readyz")})
     async def readyz():
         control = await s.control_or_503()
         decision = s.decide(control)
@@ -487,27 +500,3 @@ def _control_body(s: SiteServices, c: SiteControl | None) -> dict:
         return {"site": s.site_id, "role": None, "intake_state": None, "epoch": None}
     return {"site": c.site_id, "role": c.role.value, "epoch": c.epoch, "intake_state": c.intake_state.value,
             "primary_site": c.primary_site}
-
-
-def _read_declaration(s: SiteServices, number: str, principal: Principal, names: UnitNames) -> dict:
-    try:
-        parsed = DeclarationNumber.parse(number)
-    except DomainError as err:
-        raise ApiError(400, err.refusal.code, err.refusal.message, "number") from None
-    with s.read_engine.connect() as conn:
-        row = reads.declaration(conn, parsed.base)
-        if row is None:
-            raise ApiError(404, "not_found", f"no declaration {number} at site {s.site_id}", "number")
-        if principal.role is Role.DECLARANT and row["enterprise_tax_code"] != principal.subject:
-            raise ApiError(403, "forbidden", "this declarant token acts for another enterprise")
-        if principal.role is Role.OFFICER:
-            office = reads.office_of_officer(conn, principal.subject)
-            if office != row["office_code"]:
-                raise ApiError(403, "forbidden", f"officer {principal.subject} does not belong to office "
-                                                 f"{row['office_code']}")
-        lines = reads.goods(conn, parsed.base)
-        addresses = declarant_addresses(conn, names, row)  # the read's body only: declaration_view is also replayed
-    body = {**declaration_view(row), **addresses}
-    body["goods"] = [{k: (str(v) if k in ("quantity", "unit_price") else v) for k, v in line.items()
-                      if k != "declaration_base"} for line in lines]
-    return body

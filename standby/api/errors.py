@@ -1,12 +1,17 @@
 """One error envelope for every refusal: {"error": {"code", "message", "field"?}}."""
 from __future__ import annotations
 
+import logging
+
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from standby.api.contract import parameter_refusal
 from standby.domain.errors import Refusal
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -43,6 +48,11 @@ async def on_api_error(_request: Request, exc: ApiError) -> JSONResponse:
 
 
 async def on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    for error in exc.errors():  # a path or header parameter off its published shape: the project's own refusal
+        loc = error.get("loc", ())
+        refusal = parameter_refusal(loc[0], str(loc[1]), error.get("input")) if len(loc) == 2 else None
+        if refusal is not None:
+            return JSONResponse(refusal.envelope(), refusal.status)
     first = exc.errors()[0]
     if first.get("type") == "json_invalid":
         return JSONResponse(error_body("malformed_json", f"the body is not valid JSON: {first.get('msg')}"), 400)
@@ -61,6 +71,20 @@ async def on_http_error(_request: Request, exc: StarletteHTTPException) -> JSONR
     codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
     return JSONResponse(error_body(codes.get(exc.status_code, "http_error"), str(exc.detail)), exc.status_code,
                         headers=getattr(exc, "headers", None))
+
+
+async def on_store_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    """A read whose database did not answer (connection lost, locked, pool exhausted): 503, worth a retry."""
+    log.warning("a read failed, the database did not answer: %s", getattr(exc, "orig", None) or exc)
+    return JSONResponse(error_body("store_unavailable", f"the site's database did not answer ({type(exc).__name__}); "
+                                                        "retry"), 503, headers={"Retry-After": "1"})
+
+
+async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    """Any other failure: the one error body with a 500, never a bare text page. Starlette raises the exception on
+    once this is sent, so the server logs it with its stack trace."""
+    return JSONResponse(error_body("internal_error", f"the site failed on this request ({type(exc).__name__}); "
+                                                     "it is logged"), 500)
 
 
 class BodyLimit:

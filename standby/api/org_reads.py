@@ -1,5 +1,6 @@
 """Reads that name administrative units: an enterprise's address, declarations by province or ward, and the
-declarant's address on a declaration, each saying which map version its codes belong to (issue 10).
+declarant's address on a declaration, each saying which map version its codes belong to (issue 10); and the
+declaration read itself, which shows that address.
 
 Contract: every function here only reads. A unit named in a query is resolved by :mod:`standby.store.units` (old or
 new code; the active map unless `map=` names one) and the answer names the unit, the map version it was resolved in
@@ -16,9 +17,12 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import Connection, Engine, select
 
+from standby.api.contract import STATE_ENUM, TaxCode, answers
 from standby.api.errors import ApiError
 from standby.clearance.commands import Principal, Role
 from standby.clearance.handlers import declaration_view
+from standby.domain.errors import DomainError
+from standby.domain.numbers import DeclarationNumber
 from standby.domain.states import DeclarationState
 from standby.store import reads
 from standby.store.orgmap import active_map
@@ -125,24 +129,53 @@ def declarations_in_unit(conn: Connection, names: UnitNames, principal: Principa
             "items": items}
 
 
+def declaration_body(engine: Engine, site_id: str, number: str, principal: Principal, names: UnitNames) -> dict:
+    """GET /v1/declarations/{number}: the declaration with its goods lines and the declarant's addresses. A declarant
+    reads only its own enterprise's, an officer only its own office's."""
+    try:
+        parsed = DeclarationNumber.parse(number)
+    except DomainError as err:
+        raise ApiError(400, err.refusal.code, err.refusal.message, "number") from None
+    with engine.connect() as conn:
+        row = reads.declaration(conn, parsed.base)
+        if row is None:
+            raise ApiError(404, "not_found", f"no declaration {number} at site {site_id}", "number")
+        if principal.role is Role.DECLARANT and row["enterprise_tax_code"] != principal.subject:
+            raise ApiError(403, "forbidden", "this declarant token acts for another enterprise")
+        if principal.role is Role.OFFICER:
+            office = reads.office_of_officer(conn, principal.subject)
+            if office != row["office_code"]:
+                raise ApiError(403, "forbidden", f"officer {principal.subject} does not belong to office "
+                                                 f"{row['office_code']}")
+        lines = reads.goods(conn, parsed.base)
+        addresses = declarant_addresses(conn, names, row)  # the read's body only: declaration_view is also replayed
+    body = {**declaration_view(row), **addresses}
+    body["goods"] = [{k: (str(v) if k in ("quantity", "unit_price") else v) for k, v in line.items()
+                      if k != "declaration_base"} for line in lines]
+    return body
+
+
 def add_org_routes(app: FastAPI, engine: Engine, site_id: str, names: UnitNames,
                    anyone: Callable, officer_or_operator: Callable) -> None:
     """Wire the org reads onto `app`; `anyone`/`officer_or_operator` are the app's auth dependencies."""
     from fastapi import Depends, Query
 
-    @app.get("/v1/enterprises/{tax_code}", tags=["reads"],
+    @app.get("/v1/enterprises/{tax_code}", tags=["reads"], responses=answers("get_enterprise"),
              summary="An enterprise with its address, the map version of its codes, and the previous address")
-    def get_enterprise(tax_code: str, principal: Principal = Depends(anyone)):
+    def get_enterprise(tax_code: TaxCode, principal: Principal = Depends(anyone)):
         """Any role, as the declaration read: a declarant only its own enterprise; an officer any (enterprises
         belong to no office, and an officer checking a declaration needs its declarant's address)."""
         with engine.connect() as conn:
             return JSONResponse(enterprise_body(conn, names, tax_code, principal, site_id))
 
-    @app.get("/v1/declarations", tags=["reads"],
+    @app.get("/v1/declarations", tags=["reads"], responses=answers("list_by_unit"),
              summary="Declarations whose declarant is in a province or ward (old or new code), newest first")
-    def list_by_unit(principal: Principal = Depends(officer_or_operator), province: str | None = None,
-                     ward: str | None = None, map: str | None = Query(None, description="legacy, 2025 or a date"),
-                     state: str | None = None, limit: int = 50):
+    def list_by_unit(principal: Principal = Depends(officer_or_operator),
+                     province: str | None = Query(None, description="a province code; exactly one of province, ward"),
+                     ward: str | None = Query(None, description="a ward code; exactly one of province, ward"),
+                     map: str | None = Query(None, description="legacy, 2025 or a date"),
+                     state: str | None = Query(None, json_schema_extra=STATE_ENUM),
+                     limit: int = Query(50, description=f"at most this many; taken as 1-{MAX_LIMIT}")):
         """Officers and operators only: a listing spans enterprises, so a declarant (who may read only its own
         enterprise's declarations) has no use of it, and an officer's answer is limited to its own office."""
         with engine.connect() as conn:
