@@ -1,7 +1,7 @@
 """All of the replication package's Ray calls: ApplyWorker actors, one per partition of keys, and their pool.
 
-On a cluster of several nodes the apply workers are spread over them (standby.ray_runtime.node_spread); each opens
-the standby's database itself, so every node must reach it (standby.ray_runtime.database_out_of_reach)."""
+On a cluster of several nodes the apply workers are spread over them (Ray's SPREAD, see standby.ray_runtime.SPREAD);
+each opens the standby's database itself, so every node must reach it (standby.ray_runtime.database_out_of_reach)."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,7 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 from replication.apply import ApplyResult
 from replication.changes import Change
 from replication.errors import PermanentApplyError, ReplicationError, TargetUnavailable
-from standby.ray_runtime import node_spread
+from standby.ray_runtime import SPREAD
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ class ApplyPool:
     def start(self) -> None:
         namespace = f"replication-{uuid.uuid4().hex[:8]}"
         self._actors = [ApplyWorker.options(name=f"apply-{i}", namespace=namespace, num_cpus=0,
-                                            scheduling_strategy=strategy).remote(self.url)
-                        for i, strategy in enumerate(node_spread(self.partitions))]
+                                            scheduling_strategy=SPREAD).remote(self.url)
+                        for i in range(self.partitions)]
         ray.get([a.pid.remote() for a in self._actors], timeout=120)
 
     def apply(self, stream: str, windows: dict[int, tuple[Sequence[Change], int]]) -> list[ApplyResult]:

@@ -36,12 +36,3 @@ def sqlite_out_of_reach(site_id: str, database_url: str, driver_ip: str, nodes: 
             f"{workers} placed on Ray node {remote.node_id[:12]} at {remote.ip} cannot open: run the site on "
             f"PostgreSQL to use a Ray cluster of several machines, or keep its Ray cluster on this machine")
 
-
-def spread_partitions(partitions: int, nodes: Iterable[ClusterNode], here: str) -> list[str]:
-    """The node id for each of `partitions` workers: round robin over the alive nodes, this process's own node
-    (`here`) first (a single worker stays beside its driver), the others in IP and id order, so every node of a
-    cluster of several gets its share and a cluster of one keeps everything on it."""
-    alive = sorted((n for n in nodes if n.alive), key=lambda n: (n.node_id != here, n.ip, n.node_id))
-    if not alive:
-        raise ValueError("the Ray cluster has no alive node")
-    return [alive[i % len(alive)].node_id for i in range(partitions)]

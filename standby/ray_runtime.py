@@ -1,7 +1,7 @@
 """All of the standby package's Ray calls: the ClearanceWorker actor and the pool that calls it.
 
 A worker owns one partition of customs offices and carries out its batches with a ClearancePipeline. Actors restart
-forever (max_restarts=-1). On a cluster of several nodes the workers are spread over them (node_spread; a worker
+forever (max_restarts=-1). On a cluster of several nodes the workers are spread over them (SPREAD below; a worker
 restarted after its node died goes to a node that is alive); each opens the site's database itself, so every node
 must reach it (database_out_of_reach). A call whose actor died is retried by the pool a bounded number of times; the
 retry is safe because every command carries its idempotency key, so a batch that committed before the actor died is
@@ -20,12 +20,19 @@ from pathlib import Path
 
 import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from standby.clearance.commands import Command, Outcome, refused
-from standby.placement import ClusterNode, spread_partitions, sqlite_out_of_reach
+from standby.placement import ClusterNode, sqlite_out_of_reach
 
 log = logging.getLogger(__name__)
+
+
+# Actors are spread over the nodes of a cluster of several (on one node nothing changes), so the intake uses every
+# node's cores and a node lost takes only its share of the partitions down at once. Ray's SPREAD, not a node affinity
+# per partition: a soft affinity was not honoured (Ray 2.60 placed such actors anywhere), and a hard one cannot
+# restart an actor whose node died. SPREAD is not exact either: a pool's actors land on different nodes as a rule,
+# not by contract (two actors of a second pool were seen on one node of two).
+SPREAD = "SPREAD"
 
 
 @dataclass(frozen=True)
@@ -98,15 +105,6 @@ def database_out_of_reach(site_id: str, database_url: str, workers: str = "clear
     return sqlite_out_of_reach(site_id, database_url, driver_ip, nodes, workers)
 
 
-def node_spread(partitions: int) -> list[NodeAffinitySchedulingStrategy]:
-    """A scheduling strategy for each of `partitions` actors: round robin over the cluster's alive nodes, this
-    process's node first (standby.placement.spread_partitions); on a single node all stay on it. Soft: an actor
-    restarted after its node died is placed on a node that is alive. (Ray's own SPREAD strategy is not used: it put
-    a second pool's two actors both on one node of two.)"""
-    here, nodes = _cluster_nodes()
-    return [NodeAffinitySchedulingStrategy(node, soft=True) for node in spread_partitions(partitions, nodes, here)]
-
-
 def _cluster_nodes() -> tuple[str, list[ClusterNode]]:
     """This process's node id and every node of its Ray cluster."""
     here = ray.get_runtime_context().get_node_id()
@@ -128,12 +126,10 @@ class WorkerPool:
 
     def start(self) -> None:
         namespace = f"standby-{self.spec.site_id}-{uuid.uuid4().hex[:8]}"
-        # Spread over the nodes of a cluster of several (on one node nothing changes), so the intake uses every
-        # node's cores and a node lost takes only its share of the partitions down at once.
         self._actors = [
             ClearanceWorker.options(name=f"clearance-{self.spec.site_id}-{i}", namespace=namespace, num_cpus=0,
-                                    max_concurrency=1, scheduling_strategy=strategy).remote(self.spec)
-            for i, strategy in enumerate(node_spread(self.partitions))
+                                    max_concurrency=1, scheduling_strategy=SPREAD).remote(self.spec)
+            for i in range(self.partitions)
         ]
         self._incarnations = [None] * self.partitions
         # Wait for every actor to be constructed, so a broken config fails at start, not on the first request.

@@ -1,7 +1,5 @@
 """Which site databases a Ray cluster's workers can reach: plain node lists in, a refusal or None out."""
-import pytest
-
-from standby.placement import ClusterNode, spread_partitions, sqlite_out_of_reach
+from standby.placement import ClusterNode, sqlite_out_of_reach
 
 HERE = "10.0.0.5"
 SQLITE = "sqlite:////srv/standby/site-a.db"
@@ -39,17 +37,3 @@ def test_the_refusal_names_the_workers_that_would_open_the_database():
     reason = sqlite_out_of_reach("B", "sqlite:///site-b.db", HERE, [node("10.0.0.9")], workers="apply workers")
     assert reason is not None and "apply workers" in reason and "site B" in reason
 
-
-def test_partitions_go_round_robin_over_the_alive_nodes_this_one_first():
-    nodes = [ClusterNode("n3", "10.0.0.9", True), ClusterNode("n1", "10.0.0.7", True),
-             ClusterNode("dead", "10.0.0.1", False), ClusterNode("here", HERE, True)]
-    assert spread_partitions(5, nodes, "here") == ["here", "n1", "n3", "here", "n1"]
-
-
-def test_on_a_single_node_every_partition_stays_on_it():
-    assert spread_partitions(3, [ClusterNode("here", HERE, True)], "here") == ["here"] * 3
-
-
-def test_a_cluster_without_an_alive_node_is_an_error():
-    with pytest.raises(ValueError):
-        spread_partitions(2, [ClusterNode("dead", HERE, False)], "here")
