@@ -5,6 +5,8 @@ tokens are revoked at the end; running sites it cannot drill are refused, naming
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -79,3 +81,47 @@ def test_kill_commands_belong_to_running_sites_only(tmp_path):
                           text=True, timeout=60)
     assert done.returncode == 2
     assert "--kill-primary and --restart-site are for --existing" in done.stderr
+
+
+def test_with_kill_and_restart_commands_the_operator_fails_over_and_back(rig, tmp_path):
+    """The failover, failback and switch back of running sites: the drill kills the primary only with the operator's
+    --kill-primary command and brings it back with --restart-site, and with --failover-by operator it runs the
+    failover runbook itself once the lease expired (the sites here have no watches)."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    for site, proc in rig.processes.items():
+        (pids / f"{site}.pid").write_text(str(proc.pid))  # each serve leads its own process group
+    kill = f"pkill -KILL -g $(cat {pids}/{{site}}.pid)"  # the serve leads its process group
+    restart = (f"cd {REPO} && setsid {sys.executable} -m standbyctl.cli --config {rig.config} serve --site {{site}} "
+               f"</dev/null >>{tmp_path}/restarted-{{site}}.log 2>&1 & echo $! > {pids}/{{site}}.pid")
+    try:
+        done = drill(rig.config, tmp_path / "run", "--failover-by", "operator", "--kill-primary", kill,
+                     "--restart-site", restart)
+        output = done.stdout + done.stderr
+        assert done.returncode in (0, 3), output[-4000:]
+        document = json.loads((tmp_path / "run" / "drill.json").read_text())
+        steps = {s["id"]: s for s in document["steps"]}
+        assert [s["status"] for s in document["steps"]] == ["done"] * 5, output[-4000:]
+        assert steps["failover"]["killed_at"] is not None and steps["failover"]["rto_s"] is not None
+        assert steps["failover"]["rpo_listed_exactly"] is True
+        assert steps["failback"]["verify"] == "clean"
+        assert document["final_primary"] == "A" and document["final_verify"] == "clean"
+        assert document["final_ledger"]["ok"], document["final_ledger"]["describe"]
+        assert rig.processes["A"].poll() is not None, "the kill command did not kill A's serve"
+        restarted = int((pids / "A.pid").read_text())
+        assert os.path.exists(f"/proc/{restarted}"), "A's restarted serve is not running after the drill"
+        witness = rig.witness()
+        try:
+            runs = [r for r in witness.runs(20) if r.runbook in ("failover", "failback")]
+        finally:
+            witness.close()
+        assert {(r.runbook, r.operator, r.status) for r in runs} == {("failover", "night-shift", "done"),
+                                                                     ("failback", "night-shift", "done")}
+    finally:
+        for pid_file in pids.glob("*.pid"):
+            pid = int(pid_file.read_text())
+            if pid not in {p.pid for p in rig.processes.values()}:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
