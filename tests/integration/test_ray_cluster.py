@@ -39,7 +39,7 @@ from standby.store.schema import declarations, idempotency_keys
 from standby.store.seed import seed
 from standby.store.site import init_site
 from standby.synthetic import make_declaration_payload
-from tests.conftest import REPO, Tokens, free_port
+from tests.conftest import REPO, Tokens, free_port, free_ports
 from tests.integration.switchover_rig import Rig, running_replicators, serve_process
 from tests.pg_fixtures import unique_db_name
 
@@ -115,17 +115,20 @@ class RayCluster:
         self.address = ""
 
     def _ray_start(self, node: RayNode, *args: str) -> None:
-        ports = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-                 "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port"]
+        options = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+                   "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port"]
+        # distinct: Ray refuses a port two of its components would share (free_port() twice once gave the same)
+        ports = [a for option, port in zip(options, free_ports(len(options))) for a in (option, str(port))]
         command = [str(RAY), "start", "--temp-dir", str(node.temp_dir), "--num-cpus", "1",
                    "--object-store-memory", str(100 * 2**20), "--include-log-monitor", "false",
-                   "--disable-usage-stats", *[a for p in ports for a in (p, str(free_port()))], *args]
+                   "--disable-usage-stats", *ports, *args]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
 
     def start(self) -> "RayCluster":
-        self._ray_start(self.head, "--head", "--port", str(free_port()), "--include-dashboard", "false",
-                        "--ray-client-server-port", str(free_port()), "--system-config", json.dumps(HEALTH_CHECKS))
+        gcs, client = free_ports(2)
+        self._ray_start(self.head, "--head", "--port", str(gcs), "--include-dashboard", "false",
+                        "--ray-client-server-port", str(client), "--system-config", json.dumps(HEALTH_CHECKS))
         self.address = (self.head.temp_dir / "ray_current_cluster").read_text().strip()
         self._ray_start(self.node2, "--address", self.address, "--resources", json.dumps({"node2": 1}),
                         *(("--node-ip-address", self.node2_ip) if self.node2_ip else ()))
