@@ -19,10 +19,17 @@ import yaml
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports on 127.0.0.1, held open together while chosen (asked one at a time, the same port
+    can come back twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 LEFTOVERS = "processes.json"  # in the work folder: what a run started and has not stopped yet
@@ -177,11 +184,12 @@ def write_settings(dep: Deployment, base, backend: str, ray_address: str) -> Non
         dep.log(f"  PostgreSQL clusters on ports {', '.join(str(c.port) for c in dep.clusters)}")
     else:
         urls = {p: f"sqlite:///{dep.workdir / f'{p}.db'}" for p in ("a", "b", "witness")}
+    ports = dict(zip(("A", "B", "front"), free_ports(3)))
     dep.config.write_text(yaml.safe_dump({
         "root": str(base.root), "data_dir": str(dep.workdir),
         "sites": {s: {"site_digit": d, "database_url": urls[s.lower()],
-                      "http": {"host": "127.0.0.1", "port": free_port()}} for s, d in (("A", 1), ("B", 2))},
-        "witness_url": urls["witness"], "front": {"host": "127.0.0.1", "port": free_port()},
+                      "http": {"host": "127.0.0.1", "port": ports[s]}} for s, d in (("A", 1), ("B", 2))},
+        "witness_url": urls["witness"], "front": {"host": "127.0.0.1", "port": ports["front"]},
         "ray": {"address": ray_address, "workers": base.ray.workers},
         "replication": {"partitions": 2, "metrics_port": 0},  # no clash with a replicator of another deployment
         "auth": {"tokens_file": str(dep.workdir / "tokens.yaml")}, "intake": base.intake.model_dump(),

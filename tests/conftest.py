@@ -61,18 +61,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free ports: held open together while chosen (n calls of free_port() may repeat one, since each
-    port is released before the next is asked for)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
 
 @dataclass
 class SiteDb:

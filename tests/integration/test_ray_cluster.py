@@ -39,7 +39,8 @@ from standby.store.schema import declarations, idempotency_keys
 from standby.store.seed import seed
 from standby.store.site import init_site
 from standby.synthetic import make_declaration_payload
-from tests.conftest import REPO, Tokens, free_port, free_ports
+from standbyctl.bench_switchover_deploy import free_ports
+from tests.conftest import REPO, Tokens, free_port
 from tests.integration.switchover_rig import Rig, running_replicators, serve_process
 from tests.pg_fixtures import unique_db_name
 
