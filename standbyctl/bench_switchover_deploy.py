@@ -45,7 +45,6 @@ class Deployment:
         self.workdir, self.log = workdir, log
         self.config = workdir / "bench.yaml"
         self.procs: dict[str, subprocess.Popen] = {}
-        self.commands: dict[str, list[str]] = {}  # as launched: what /proc/PID/cmdline says once it has started
         self.clusters: list = []
         self.started_ray = False
         self.operator = "bench"  # the operator identity the runbooks it launches run under
@@ -66,13 +65,13 @@ class Deployment:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=self.workdir)
         self.procs[name] = proc
-        self.commands[name] = [str(a) for a in cmd]
         self.record()
         return proc
 
     def record(self) -> None:
         """Rewrite processes.json: every process group this deployment started and every PostgreSQL cluster."""
-        document = {"processes": [{"name": name, "pid": proc.pid, "cmdline": self.commands[name]}
+        # the command as launched, space-joined as standby.processes.command_line reads it once the process runs
+        document = {"processes": [{"name": name, "pid": proc.pid, "cmdline": " ".join(map(str, proc.args))}
                                   for name, proc in self.procs.items() if proc.poll() is None],
                     "clusters": [c.describe() for c in self.clusters if c.base is not None]}
         tmp = self.workdir / f"{LEFTOVERS}.tmp"
@@ -107,18 +106,12 @@ class Deployment:
         (self.workdir / LEFTOVERS).unlink(missing_ok=True)
 
 
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
-    except OSError:
-        return None
-
-
 def stop_leftovers(workdir: Path, log) -> int:
     """Stop what a run in `workdir` started and never stopped (it was killed with -9: its processes.json is still
     there): each process group still running the command it was started with (a reused pid is left alone), the
     replicators of its pid files, and its PostgreSQL clusters (stopped, their folders removed). Returns how many
     were stopped. The Ray a run started ends with it (Ray's reaper), so it is not in the list."""
+    from standby.processes import command_line
     from standby.store.pg_cluster import PgCluster, PgClusterError
 
     path = workdir / LEFTOVERS
@@ -128,7 +121,7 @@ def stop_leftovers(workdir: Path, log) -> int:
         return 0
     stopped = 0
     for entry in document.get("processes", []):
-        if entry.get("cmdline") and _cmdline(entry["pid"]) == entry["cmdline"]:
+        if entry.get("cmdline") and command_line(entry["pid"]) == entry["cmdline"]:
             log(f"- stopping {entry['name']} (pid {entry['pid']}), left running by an earlier run killed in {workdir}")
             terminate(entry["pid"], None, timeout_s=15)
             stopped += 1

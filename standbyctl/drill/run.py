@@ -151,13 +151,17 @@ def run_switchover(d: Drill, step: DrillStep, record: dict) -> None:
         record["note"] = f"refused {len(row['refusals'])}x before freezing, then run again: {row['refusals'][0]}"
 
 
+def held_since(d: Drill, before: dict) -> dict:
+    """held_front and held_site for a step's record: the writes held since the /metrics reading `before`."""
+    holds = hold_delta(before, scrape(d.settings))
+    return {"held_front": holds["front_held"], "held_site": holds["site_held"]}
+
+
 def run_org_restructure(d: Drill, step: DrillStep, record: dict) -> None:
     before = scrape(d.settings)
     figures = run_once_frozen(d.dep, d.witness, step.runbook, step.params, d.log, pause_s=max(d.options.gap_s, 5.0))
-    holds = hold_delta(before, scrape(d.settings))
     record.update(status=_status(figures["status"]), freeze_s=figures["freeze_s"], frozen_at=figures["frozen_at"],
-                  resumed_at=figures.get("resumed_at"), held_front=holds["front_held"],
-                  held_site=holds["site_held"], error=figures.get("error"))
+                  resumed_at=figures.get("resumed_at"), error=figures.get("error"), **held_since(d, before))
     moved = figures.get("moved")
     notes = [f"prepare {figures['prepare_s']:.2f} s online; moved {sum(moved.values()):,} records"
              if figures.get("prepare_s") is not None and isinstance(moved, dict) else None,
@@ -196,9 +200,8 @@ def run_failover(d: Drill, step: DrillStep, record: dict) -> None:
     if failover.status != "done":
         return
     recovered = wait_first_write(d.dep, d.settings.site(step.target).site_digit, kill_at)
-    holds = hold_delta(before, scrape(d.settings))  # the front holds writes from the kill until B is primary
-    record.update(recovered_at=recovered, rto_s=(recovered - kill_at) if recovered else None,
-                  held_front=holds["front_held"], held_site=holds["site_held"])
+    # the front holds writes from the kill until B is primary
+    record.update(recovered_at=recovered, rto_s=(recovered - kill_at) if recovered else None, **held_since(d, before))
     rpo = failover_rpo(failover, ledger_against(d.dep, d.settings, step.target).lost)
     record.update(rpo_lost=rpo["ledger"], rpo_listed_exactly=not rpo["unnamed"],
                   verify=f"not run: {step.source} is down until its failback",
@@ -236,9 +239,8 @@ def run_failback(d: Drill, step: DrillStep, record: dict) -> None:
     failback, _took = runbook_figures(d.dep, d.witness, d.workdir / f"step-{step.n}-failback.log", "failback",
                                       step.params)
     counts = reconcile_counts(failback)
-    holds = hold_delta(before, scrape(d.settings))
     record.update(status=_status(failback.status), run_id=failback.run_id, error=failback.error,
-                  conflicts=counts["conflicts"], held_front=holds["front_held"], held_site=holds["site_held"])
+                  conflicts=counts["conflicts"], **held_since(d, before))
     record["note"] = (f"quarantined {counts['quarantined']}, re-applied {counts['reapplied']}, "
                       f"conflicts {counts['conflicts']}")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from standby.processes import pid_alive
 from standbyctl.bench_switchover_deploy import LEFTOVERS, stop_leftovers
 from tests.conftest import REPO
 from tests.pg_fixtures import require_postgres
@@ -38,14 +39,6 @@ RUN = textwrap.dedent("""
 """).format(sleeper=SLEEPER)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
-
-
 def killed_run(workdir: Path, with_pg: bool) -> dict:
     """A run started in `workdir` and killed with -9 once it started its processes; its processes.json."""
     workdir.mkdir()
@@ -62,13 +55,13 @@ def killed_run(workdir: Path, with_pg: bool) -> dict:
 def test_the_next_run_stops_the_processes_a_killed_run_left(tmp_path):
     left = killed_run(tmp_path / "run", with_pg=False)
     pids = [p["pid"] for p in left["processes"]]
-    assert len(pids) == 2 and all(alive(pid) for pid in pids), "the killed run's processes should outlive it"
+    assert len(pids) == 2 and all(pid_alive(pid) for pid in pids), "the killed run's processes should outlive it"
     said = []
     assert stop_leftovers(tmp_path / "run", said.append) == 2
     deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(alive(pid) for pid in pids)
+    assert not any(pid_alive(pid) for pid in pids)
     assert not (tmp_path / "run" / LEFTOVERS).exists()
     assert any("site-a" in line and "killed" in line for line in said), said
 
@@ -80,7 +73,7 @@ def test_a_recorded_pid_running_something_else_is_left_alone(tmp_path):
                              start_new_session=True)
     try:
         (workdir / LEFTOVERS).write_text(json.dumps({"processes": [
-            {"name": "site-a", "pid": other.pid, "cmdline": ["python", "-m", "standbyctl.cli", "serve"]}],
+            {"name": "site-a", "pid": other.pid, "cmdline": "python -m standbyctl.cli serve"}],
             "clusters": []}))
         assert stop_leftovers(workdir, lambda _line: None) == 0
         assert other.poll() is None
@@ -99,13 +92,13 @@ def test_the_next_run_removes_the_postgresql_clusters_a_killed_run_left(tmp_path
     left = killed_run(tmp_path / "run", with_pg=True)
     base = Path(left["clusters"][0]["base"])
     postmaster = int((base / "data" / "postmaster.pid").read_text().split()[0])
-    assert alive(postmaster)
+    assert pid_alive(postmaster)
     try:
         assert stop_leftovers(tmp_path / "run", lambda _line: None) == 3
-        assert not base.exists() and not alive(postmaster)
+        assert not base.exists() and not pid_alive(postmaster)
     finally:
-        if alive(postmaster):
+        if pid_alive(postmaster):
             os.kill(postmaster, signal.SIGKILL)
         for entry in left["processes"]:
-            if alive(entry["pid"]):
+            if pid_alive(entry["pid"]):
                 os.killpg(entry["pid"], signal.SIGKILL)
