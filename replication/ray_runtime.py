@@ -1,6 +1,6 @@
 """All of the replication package's Ray calls: ApplyWorker actors, one per partition of keys, and their pool.
 
-On a cluster of several nodes the apply workers are spread over them (Ray's SPREAD, see standby.ray_runtime.SPREAD);
+On a cluster of several nodes the apply workers are spread over them (standby.ray_runtime.spread_over_nodes);
 each opens the standby's database itself, so every node must reach it (standby.ray_runtime.database_out_of_reach)."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 from replication.apply import ApplyResult
 from replication.changes import Change
 from replication.errors import PermanentApplyError, ReplicationError, TargetUnavailable
-from standby.ray_runtime import SPREAD
+from standby.ray_runtime import release_placement, spread_over_nodes
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,14 @@ class ApplyPool:
     def __init__(self, url: str, partitions: int, call_timeout_s: float = 120.0):
         self.url, self.partitions, self.call_timeout_s = url, partitions, call_timeout_s
         self._actors: list = []
+        self._placement: object | None = None
 
     def start(self) -> None:
         namespace = f"replication-{uuid.uuid4().hex[:8]}"
+        strategies, self._placement = spread_over_nodes(self.partitions)
         self._actors = [ApplyWorker.options(name=f"apply-{i}", namespace=namespace, num_cpus=0,
-                                            scheduling_strategy=SPREAD).remote(self.url)
-                        for i in range(self.partitions)]
+                                            scheduling_strategy=strategy).remote(self.url)
+                        for i, strategy in enumerate(strategies)]
         ray.get([a.pid.remote() for a in self._actors], timeout=120)
 
     def apply(self, stream: str, windows: dict[int, tuple[Sequence[Change], int]]) -> list[ApplyResult]:
@@ -91,3 +93,5 @@ class ApplyPool:
         for actor in self._actors:
             ray.kill(actor, no_restart=True)
         self._actors = []
+        release_placement(self._placement)
+        self._placement = None

@@ -1,8 +1,8 @@
 """All of the standby package's Ray calls: the ClearanceWorker actor and the pool that calls it.
 
 A worker owns one partition of customs offices and carries out its batches with a ClearancePipeline. Actors restart
-forever (max_restarts=-1). On a cluster of several nodes the workers are spread over them (SPREAD below; a worker
-restarted after its node died goes to a node that is alive); each opens the site's database itself, so every node
+forever (max_restarts=-1). On a cluster of several nodes the workers are spread over them (spread_over_nodes; a
+worker whose node died is restarted on a node that is alive); each opens the site's database itself, so every node
 must reach it (database_out_of_reach). A call whose actor died is retried by the pool a bounded number of times; the
 retry is safe because every command carries its idempotency key, so a batch that committed before the actor died is
 answered from the stored first answers rather than written twice.
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from standby.clearance.commands import Command, Outcome, refused
 from standby.placement import ClusterNode, sqlite_out_of_reach
@@ -27,12 +29,14 @@ from standby.placement import ClusterNode, sqlite_out_of_reach
 log = logging.getLogger(__name__)
 
 
-# Actors are spread over the nodes of a cluster of several (on one node nothing changes), so the intake uses every
-# node's cores and a node lost takes only its share of the partitions down at once. Ray's SPREAD, not a node affinity
-# per partition: a soft affinity was not honoured (Ray 2.60 placed such actors anywhere), and a hard one cannot
-# restart an actor whose node died. SPREAD is not exact either: a pool's actors land on different nodes as a rule,
-# not by contract (two actors of a second pool were seen on one node of two).
+# Actors are spread over the nodes of a cluster of several, so the intake uses every node's cores and a node lost
+# takes only its share of the partitions down at once. By a placement group of small bundles that the GCS spreads
+# with its own view of the cluster: Ray's SPREAD strategy and soft node affinities are decided by the raylet the
+# driver is attached to, whose view of the other nodes can lag, and both were seen placing a whole pool on one node
+# of two (a CI run: 4 of 4 clearance workers on one node, the 2 apply workers on the other). A bundle on a node that
+# dies is placed again by the GCS on a node alive, and its actors restart there. On one node nothing is reserved.
 SPREAD = "SPREAD"
+BUNDLE_CPU = 0.01  # a bundle must reserve something; the actors themselves run with num_cpus=0 as before
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,23 @@ def database_out_of_reach(site_id: str, database_url: str, workers: str = "clear
     return sqlite_out_of_reach(site_id, database_url, driver_ip, nodes, workers)
 
 
+def spread_over_nodes(count: int, timeout_s: float = 120.0) -> tuple[list, object | None]:
+    """Scheduling strategies for the `count` actors of one pool, and the placement group reserved for them (None on
+    a single node; pass it to release_placement when the pool stops). On a cluster of several alive nodes actor i
+    goes to bundle i of a SPREAD placement group, so the pool is on as many nodes as there are (up to `count`);
+    raises GetTimeoutError if the cluster cannot place the group within `timeout_s`."""
+    if sum(1 for n in ray.nodes() if n["Alive"]) < 2:
+        return [SPREAD] * count, None
+    group = placement_group([{"CPU": BUNDLE_CPU}] * count, strategy="SPREAD")
+    ray.get(group.ready(), timeout=timeout_s)
+    return [PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i) for i in range(count)], group
+
+
+def release_placement(group: object | None) -> None:
+    if group is not None:
+        remove_placement_group(group)
+
+
 def _cluster_nodes() -> tuple[str, list[ClusterNode]]:
     """This process's node id and every node of its Ray cluster."""
     here = ray.get_runtime_context().get_node_id()
@@ -122,14 +143,16 @@ class WorkerPool:
         self.spec, self.partitions, self.attempts, self.call_timeout_s = spec, partitions, attempts, call_timeout_s
         self._on_restart = on_restart
         self._actors: list = []
+        self._placement: object | None = None
         self._incarnations: list[str | None] = []
 
     def start(self) -> None:
         namespace = f"standby-{self.spec.site_id}-{uuid.uuid4().hex[:8]}"
+        strategies, self._placement = spread_over_nodes(self.partitions)
         self._actors = [
             ClearanceWorker.options(name=f"clearance-{self.spec.site_id}-{i}", namespace=namespace, num_cpus=0,
-                                    max_concurrency=1, scheduling_strategy=SPREAD).remote(self.spec)
-            for i in range(self.partitions)
+                                    max_concurrency=1, scheduling_strategy=strategy).remote(self.spec)
+            for i, strategy in enumerate(strategies)
         ]
         self._incarnations = [None] * self.partitions
         # Wait for every actor to be constructed, so a broken config fails at start, not on the first request.
@@ -179,3 +202,5 @@ class WorkerPool:
         for actor in self._actors:
             ray.kill(actor, no_restart=True)
         self._actors = []
+        release_placement(self._placement)
+        self._placement = None
