@@ -95,6 +95,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     return True
 
 
+def cluster_address() -> str:
+    """The address of the Ray cluster this process is a driver of, for other processes of the site to join."""
+    return ray.get_runtime_context().gcs_address
+
+
 def shutdown_ray() -> None:
     ray.shutdown()
 
@@ -145,15 +150,29 @@ class WorkerPool:
         self._actors: list = []
         self._placement: object | None = None
         self._incarnations: list[str | None] = []
+        self.namespace, self._owner = "", True
 
     def start(self) -> None:
-        namespace = f"standby-{self.spec.site_id}-{uuid.uuid4().hex[:8]}"
+        self.namespace = f"standby-{self.spec.site_id}-{uuid.uuid4().hex[:8]}"
         strategies, self._placement = spread_over_nodes(self.partitions)
         self._actors = [
-            ClearanceWorker.options(name=f"clearance-{self.spec.site_id}-{i}", namespace=namespace, num_cpus=0,
+            ClearanceWorker.options(name=self._name(i), namespace=self.namespace, num_cpus=0,
                                     max_concurrency=1, scheduling_strategy=strategy).remote(self.spec)
             for i, strategy in enumerate(strategies)
         ]
+        self._await_incarnations()
+
+    def attach(self, namespace: str) -> None:
+        """Use the workers that the pool of another process of this site started (its `namespace`) instead of
+        starting any: the site's HTTP processes share one set of workers. `stop` then leaves them running."""
+        self.namespace, self._owner = namespace, False
+        self._actors = [ray.get_actor(self._name(i), namespace=namespace) for i in range(self.partitions)]
+        self._await_incarnations()
+
+    def _name(self, partition: int) -> str:
+        return f"clearance-{self.spec.site_id}-{partition}"
+
+    def _await_incarnations(self) -> None:
         self._incarnations = [None] * self.partitions
         # Wait for every actor to be constructed, so a broken config fails at start, not on the first request.
         for i, (incarnation, _pid) in enumerate(ray.get([a.identity.remote() for a in self._actors], timeout=120)):
@@ -199,7 +218,7 @@ class WorkerPool:
         ray.kill(self._actors[partition], no_restart=False)
 
     def stop(self) -> None:
-        for actor in self._actors:
+        for actor in self._actors if self._owner else ():
             ray.kill(actor, no_restart=True)
         self._actors = []
         release_placement(self._placement)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -13,9 +13,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+AUTO_HTTP_PROCESSES_MAX = 4
+
+
 class HttpSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8401, ge=1, le=65535)
+    processes: Annotated[int, Field(ge=1, le=32)] | Literal["auto"] = Field(
+        "auto", description="HTTP processes serving the site on its one port, sharing its workers; auto: one per "
+                            f"CPU of the machine, at most {AUTO_HTTP_PROCESSES_MAX}")
+
+    def process_count(self, cpus: int | None) -> int:
+        """How many HTTP processes serve the site on a machine of `cpus` CPUs (None: unknown, one)."""
+        if self.processes != "auto":
+            return self.processes
+        return max(1, min(AUTO_HTTP_PROCESSES_MAX, cpus or 1))
 
 
 class SiteSettings(_Strict):

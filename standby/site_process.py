@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -40,7 +42,8 @@ class Site:
 
 def build_site(settings: Settings, site_id: str, *, in_process: bool = False,
                authority: Callable[[], tuple[int, str | None]] | None = None,
-               sync_positions: SyncPositions | None = None, renew: Renew | None = None) -> Site:
+               sync_positions: SyncPositions | None = None, renew: Renew | None = None,
+               workers_namespace: str | None = None, metrics_folder: Path | None = None) -> Site:
     """Start the site's workers (blocking until they are up) and build its app. The caller serves the app.
 
     `in_process=True` runs the same pipelines in threads of this process instead of Ray actors: for measuring what
@@ -49,26 +52,23 @@ def build_site(settings: Settings, site_id: str, *, in_process: bool = False,
     `sync_positions` (this site's stream to its partner in settings.sync) puts the site in synchronous mode: while
     it is primary, a write is answered once the partner has applied it (standby.api.sync). `renew` (the witness's
     renew_lease, see standby.lease) makes the site keep a lease while it is primary: a LeaseKeeper runs from the
-    app's start to its stop."""
-    cfg, url = settings.site(site_id), settings.database_url(site_id)
-    metrics = SiteMetrics(site_id)
-    spec = WorkerSpec(site_id=site_id, site_digit=cfg.site_digit, database_url=url,
-                      tariffs=settings.path(settings.reference.tariffs),
-                      risk_rules=settings.path(settings.reference.risk_rules),
-                      number_block_size=settings.intake.number_block_size)
-    pool_type = InProcessPool if in_process else WorkerPool
-    pool = pool_type(spec, settings.ray.workers, attempts=settings.intake.call_attempts,
-                     call_timeout_s=settings.intake.call_timeout_s,
-                     on_restart=lambda p: metrics.worker_restarts.labels(str(p)).inc())
-    pool.start()
+    app's start to its stop. One of several HTTP processes of a site (standby.http_processes) passes
+    `workers_namespace`, the namespace of the workers its supervisor started (they are shared, not started here),
+    and `metrics_folder`, where the site's processes share their metrics; its supervisor keeps the lease."""
+    url = settings.database_url(site_id)
+    metrics = SiteMetrics(site_id, metrics_folder)
+    pool = worker_pool(settings, site_id, metrics, in_process=in_process)
+    if workers_namespace is None:
+        pool.start()
+    else:
+        pool.attach(workers_namespace)
     batcher = MicroBatcher(pool.submit, settings.ray.workers, settings.intake.batch_max_items,
                            settings.intake.batch_max_wait_ms / 1000, on_batch=metrics.batch_size.observe)
 
     async def submit(command: Command) -> Outcome:
         return await batcher.submit(partition_for(command.office_code, settings.ray.workers), command)
 
-    keeper = LeaseKeeper(site_id, make_engine(url, pool_size=1), renew, settings.lease, metrics=metrics,
-                         read_engine=make_engine(url, pool_size=1, writer=False)) if renew is not None else None
+    keeper = lease_keeper(settings, site_id, renew, metrics) if renew is not None else None
 
     async def start() -> None:
         batcher.start()
@@ -93,6 +93,27 @@ def build_site(settings: Settings, site_id: str, *, in_process: bool = False,
         primary_urls=site_urls(settings), authority=authority,
     )
     return Site(site_id, create_app(services), pool, services)
+
+
+def worker_pool(settings: Settings, site_id: str, metrics: SiteMetrics, *,
+                in_process: bool = False) -> "WorkerPool | InProcessPool":
+    """The site's pool of clearance workers, not started: `start()` starts them, `attach(namespace)` (Ray only) uses
+    those another process of the site started."""
+    spec = WorkerSpec(site_id=site_id, site_digit=settings.site(site_id).site_digit,
+                      database_url=settings.database_url(site_id), tariffs=settings.path(settings.reference.tariffs),
+                      risk_rules=settings.path(settings.reference.risk_rules),
+                      number_block_size=settings.intake.number_block_size)
+    pool_type = InProcessPool if in_process else WorkerPool
+    return pool_type(spec, settings.ray.workers, attempts=settings.intake.call_attempts,
+                     call_timeout_s=settings.intake.call_timeout_s,
+                     on_restart=lambda p: metrics.worker_restarts.labels(str(p)).inc())
+
+
+def lease_keeper(settings: Settings, site_id: str, renew: Renew, metrics: SiteMetrics) -> LeaseKeeper:
+    """The site's lease keeper (not started), with engines of its own."""
+    url = settings.database_url(site_id)
+    return LeaseKeeper(site_id, make_engine(url, pool_size=1), renew, settings.lease, metrics=metrics,
+                       read_engine=make_engine(url, pool_size=1, writer=False))
 
 
 def site_urls(settings: Settings) -> dict[str, str]:
@@ -141,6 +162,19 @@ class BackgroundServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def serve_on_sockets(app: FastAPI, sockets: list) -> None:
+    """Serve on sockets already listening (one of a site's HTTP processes) until SIGINT/SIGTERM, draining in-flight
+    requests as run_forever does."""
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                           timeout_keep_alive=KEEP_ALIVE_S))
+    # uvicorn handles SIGINT/SIGTERM while it serves, then raises the signal again for the handler it found: Ray's
+    # (sys.exit inside the event loop, which cancels the app's shutdown with a traceback) or Python's. Ignored
+    # instead, the process returns from here and closes the site; its supervisor sends the SIGTERM.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    server.run(sockets=sockets)
 
 
 def run_forever(app: FastAPI, host: str, port: int) -> None:

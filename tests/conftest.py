@@ -155,6 +155,10 @@ class Tokens:
     def __len__(self) -> int:
         return len(self._made)
 
+    def publish(self, timeout_s: float = 30.0) -> None:
+        """Nothing to do: the in-process site asks this object (a site in processes of its own reads a file, see
+        tests.integration.served_processes.FileTokens)."""
+
 
 @dataclass
 class ServedSite:

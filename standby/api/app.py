@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from fastapi import Depends, FastAPI, Header, Query, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -83,8 +83,7 @@ class SiteServices:
     _following: asyncio.Task | None = None
 
     def __post_init__(self) -> None:
-        self._holds = HoldQueue(self.clock)
-        self.metrics.watch_holds(lambda: self._holds.held)
+        self._holds = HoldQueue(self.clock, on_change=self.metrics.show_held)
 
     @property
     def held(self) -> int:
@@ -449,7 +448,7 @@ def _routes(app: FastAPI, s: SiteServices) -> None:
         if backlog is not None:
             pending, oldest_at = backlog
             s.metrics.show_change_log(pending, max(0.0, time.time() - oldest_at) if oldest_at else 0.0)
-        return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(s.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _through_gate(s: SiteServices, command: Command) -> Outcome:

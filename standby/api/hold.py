@@ -13,7 +13,7 @@ Contract (`HoldQueue`):
   held afresh: neither call closes the queue.
 - A held caller whose own task is cancelled (the client went away) leaves the queue and the CancelledError
   propagates; it is never counted as released.
-- `held` is the number of callers parked now.
+- `held` is the number of callers parked now; `on_change(held)`, when given, is called each time it changes.
 - Not thread-safe: every method must run on the event loop that owns the queue (from another thread, use
   `loop.call_soon_threadsafe(queue.release_all)`). Time is measured with the injected monotonic `clock`; waiting
   uses the event loop's timers.
@@ -53,8 +53,9 @@ class _Waiter:
 class HoldQueue:
     """Parks callers until released, cancelled or timed out; bounded in count per call. See the module contract."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self._clock = clock
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[int], None] = lambda held: None):
+        self._clock, self._on_change = clock, on_change
         self._waiters: deque[_Waiter] = deque()
 
     @property
@@ -74,6 +75,7 @@ class HoldQueue:
         started = self._clock()
         waiter = _Waiter(asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
+        self._on_change(len(self._waiters))
         try:
             # shield: a timeout must not cancel the future a concurrent release_all may be resolving
             result = await asyncio.wait_for(asyncio.shield(waiter.future), max_wait_s)
@@ -99,10 +101,12 @@ class HoldQueue:
                 waiter.reason = reason
                 waiter.future.set_result(result)  # callbacks run in the order set: arrival order
                 woken += 1
+        self._on_change(0)
         return woken
 
     def _discard(self, waiter: _Waiter) -> None:
         try:
             self._waiters.remove(waiter)
         except ValueError:
-            pass  # already popped by release_all / cancel_all
+            return  # already popped by release_all / cancel_all
+        self._on_change(len(self._waiters))

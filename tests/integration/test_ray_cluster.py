@@ -41,6 +41,7 @@ from standby.store.site import init_site
 from standby.synthetic import make_declaration_payload
 from standbyctl.bench_switchover_deploy import free_ports
 from tests.conftest import REPO, Tokens, free_port
+from tests.integration.served_processes import children
 from tests.integration.switchover_rig import Rig, running_replicators, serve_process
 from tests.pg_fixtures import unique_db_name
 
@@ -52,20 +53,6 @@ OFFICES = ("01CA", "79CA", "31CA", "48CA", "92CA", "22CA")  # between them every
 # restarted on the head that much sooner, which keeps the test short; nothing else depends on it.
 HEALTH_CHECKS = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 500,
                  "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
-
-
-def _children() -> dict[int, list[int]]:
-    """Parent pid -> its children's pids, from /proc."""
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
 
 
 class RayNode:
@@ -83,7 +70,7 @@ class RayNode:
     def processes(self) -> list[int]:
         """The node's processes: those naming its temp folder (GCS, raylet, agents) and all their descendants (the
         raylet's worker processes rename themselves `ray::...`)."""
-        tree, found, todo = _children(), set(), self._roots()
+        tree, found, todo = children(), set(), self._roots()
         while todo:
             pid = todo.pop()
             if pid not in found:

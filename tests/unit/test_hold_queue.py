@@ -113,3 +113,19 @@ def test_the_time_held_is_measured_with_the_injected_clock():
 
     held = run(main())
     assert held.result is HoldResult.RELEASED and held.waited_s == 2.5
+
+
+def test_on_change_reports_every_change_of_the_held_count():
+    async def scenario():
+        seen: list[int] = []
+        queue = HoldQueue(on_change=seen.append)
+        first = asyncio.create_task(queue.hold(10, 5))
+        second = asyncio.create_task(queue.hold(10, 5))
+        timed_out = asyncio.create_task(queue.hold(0.01, 5))
+        await asyncio.sleep(0.05)
+        assert queue.held == 2
+        queue.release_all()
+        await asyncio.gather(first, second, timed_out)
+        return seen
+
+    assert asyncio.run(scenario()) == [1, 2, 3, 2, 0]
