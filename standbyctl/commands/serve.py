@@ -68,6 +68,7 @@ def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, por
     count = processes or (1 if in_process else http.process_count(os.cpu_count()))
     if in_process and count > 1:
         fail(f"--in-process runs the site in one process; drop --processes {count} (or http.processes) to use it", 2)
+    listener = _listen(host, port) if count > 1 else None  # before Ray starts: a port taken fails at once
     started_ray = False if in_process else ensure_ray(settings.ray.address, settings.ray.num_cpus)
     if not in_process and (reason := database_out_of_reach(site_id, settings.database_url(site_id))):
         fail(reason, 2)
@@ -80,7 +81,7 @@ def serve(cli: CliContext, site_id: str, role: str | None, host: str | None, por
         if count == 1:
             _serve_one_process(settings, site_id, control, witness, renew, host, port, in_process)
         else:
-            _serve_processes(settings, site_id, control, renew, host, port, count)
+            _serve_processes(settings, site_id, control, renew, listener, host, port, count)
     finally:
         if witness is not None:
             witness.close()
@@ -107,12 +108,17 @@ def _serve_one_process(settings: Settings, site_id: str, control, witness, renew
             positions.close()
 
 
-def _serve_processes(settings: Settings, site_id: str, control, renew, host: str, port: int, count: int) -> None:
-    """This process: the workers, the lease and the supervision; `count` HTTP processes serve (serve_http_process)."""
+def _listen(host: str, port: int):
     try:
-        listener = bind_listener(host, port)
+        return bind_listener(host, port)
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1)
+
+
+def _serve_processes(settings: Settings, site_id: str, control, renew, listener, host: str, port: int,
+                     count: int) -> None:
+    """This process: the workers, the lease and the supervision; `count` HTTP processes serve (serve_http_process)
+    on `listener`."""
     folder = settings.path(settings.data_dir) / "metrics" / f"site-{site_id}"
     shutil.rmtree(folder, ignore_errors=True)  # counters start again with the site, as in one process
     folder.mkdir(parents=True)

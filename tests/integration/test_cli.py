@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,16 @@ def test_issue_many_gives_a_load_generator_its_tokens(config, tmp_path):
     assert registry.principal(body["declarants"][0]["token"]).subject == body["declarants"][0]["tax_code"]
     assert registry.principal(body["officers"][0]["token"]).subject == body["officers"][0]["officer_id"]
     assert body["declarants"][0]["token"] not in (tmp_path / "tokens.yaml").read_text()
+
+
+def test_serve_refuses_several_processes_in_process_and_a_taken_port_before_starting_anything(config):
+    run(config, "db", "upgrade", "--site", "A", "--role", "primary")
+    both = run(config, "serve", "--site", "A", "--in-process", "--processes", "2")
+    assert both.exit_code == 2 and "--in-process runs the site in one process; drop --processes 2" in both.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run(config, "serve", "--site", "A", "--processes", "2", "--port", str(port))
+    assert busy.exit_code == 1 and f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in busy.output
+    assert "Traceback" not in both.output + busy.output
