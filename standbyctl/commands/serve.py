@@ -99,7 +99,7 @@ def _serve_one_process(settings: Settings, site_id: str, control, witness, renew
     _warn_without_tokens(settings, len(site.services.tokens))
     click.echo(f"site {site_id}: {control.role.value}, epoch {control.epoch}, intake {control.intake_state.value}; "
                f"{settings.ray.workers} clearance workers {'in this process' if in_process else 'on Ray'}")
-    _announce(settings, site_id, positions, host, port, 1)
+    _announce(settings, site_id, host, port, 1)
     try:
         run_forever(site.app, host, port)
     finally:
@@ -138,7 +138,7 @@ def _serve_processes(settings: Settings, site_id: str, control, renew, listener,
         click.echo(f"site {site_id}: {control.role.value}, epoch {control.epoch}, intake "
                    f"{control.intake_state.value}; {settings.ray.workers} clearance workers on Ray, shared by "
                    f"{count} HTTP processes (pids {', '.join(map(str, supervisor.pids))})")
-        _announce(settings, site_id, None, host, port, count)
+        _announce(settings, site_id, host, port, count)
         supervisor.run()
     except CrashLoop as exc:
         fail(str(exc), 1)
@@ -192,7 +192,7 @@ def _warn_without_tokens(settings: Settings, tokens: int) -> None:
                     fg="yellow", err=True)
 
 
-def _announce(settings: Settings, site_id: str, positions, host: str, port: int, count: int) -> None:
+def _announce(settings: Settings, site_id: str, host: str, port: int, count: int) -> None:
     click.echo(f"serving http://{host}:{port}  (API docs /docs, metrics /metrics, readiness /readyz)"
                + (f"; {count} HTTP processes" if count > 1 else ""))
     partner = settings.sync.standby_of(site_id)
