@@ -19,6 +19,10 @@ from standby.store.orgmap import active_map
 from standby.store.schema import metadata, replication_state
 
 
+# From this many upserts in a run, PostgreSQL gets them through COPY and one INSERT ... SELECT (`_bulk_upsert`).
+BULK_MIN_ROWS = 64
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     part: int
@@ -139,12 +143,42 @@ class Applier:
         """One executemany of precompiled SQL per run. Streamed values are JSON-ready (str for numeric and dates),
         which both drivers bind as the column needs, so the hot path skips SQLAlchemy's per-row work."""
         table = metadata.tables[group[0].table]
+        if group[0].op is not ChangeOp.DELETE and len(group) >= BULK_MIN_ROWS and not is_sqlite(self.engine):
+            self._bulk_upsert(conn, table, group)
+            return
         if group[0].op is ChangeOp.DELETE:
             sql, names = self._sql(table, delete=True)
             conn.exec_driver_sql(sql, [tuple(c.key[n] for n in names) for c in group])
             return
         sql, names = self._sql(table, delete=False)
         conn.exec_driver_sql(sql, [tuple(c.row.get(n) for n in names) for c in group])
+
+    def _bulk_upsert(self, conn, table: Table, group: list[Change]) -> None:
+        """PostgreSQL: a run of upserts as one COPY into a temporary staging table and one INSERT ... SELECT ... ON
+        CONFLICT, instead of a statement per row. Within a run (one table, no delete in between) the last image of
+        a key is the one that counts, and one INSERT may touch a key only once: earlier images are dropped."""
+        pk = [c.name for c in table.primary_key.columns]
+        latest = {tuple(c.row[n] for n in pk): c.row for c in group}
+        names = [c.name for c in table.columns]
+        stage, upsert = self._bulk_sql(table)
+        with conn.connection.driver_connection.cursor() as cur:
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {_quote(table.name)}) ON COMMIT DELETE ROWS")
+            with cur.copy(f"COPY {stage} ({', '.join(_quote(n) for n in names)}) FROM STDIN") as copy:
+                for row in latest.values():
+                    copy.write_row([row.get(n) for n in names])
+            cur.execute(upsert)
+            cur.execute(f"TRUNCATE {stage}")  # the next run of this table in the same transaction starts empty
+
+    def _bulk_sql(self, table: Table) -> tuple[str, str]:
+        key = (table.name, "bulk")
+        if key not in self._statements:
+            stage = _quote(f"replication_stage_{table.name}")
+            sql, names = self._sql(table, delete=False)
+            columns = ", ".join(_quote(n) for n in names)
+            conflict = sql[sql.index(" ON CONFLICT"):]
+            self._statements[key] = (stage, f"INSERT INTO {_quote(table.name)} ({columns}) SELECT {columns} "
+                                            f"FROM {stage}{conflict}")
+        return self._statements[key]
 
     def _sql(self, table: Table, delete: bool) -> tuple[str, list[str]]:
         key = (table.name, delete)
@@ -216,6 +250,10 @@ class Applier:
                  "applied_at": now} for p in range(parts)])
             self._capture(conn, on=True)
         return total
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
 
 
 def _moved(change: Change, moves: Moves) -> Change:

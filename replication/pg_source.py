@@ -1,8 +1,9 @@
-"""ChangeSource for PostgreSQL: logical decoding with wal2json (format-version 2) through the SQL interface.
+"""ChangeSource for PostgreSQL: logical decoding with wal2json, read over the streaming replication protocol.
 
-The slot is the source's memory: `read` only peeks (decoding from the slot's position each time), and the slot moves
-forward only in `acknowledge`. PostgreSQL keeps every WAL segment the slot still needs, so a slot nobody consumes
-makes the primary's disk fill up (`retained_wal_bytes` says how much it holds back).
+The slot is the source's memory: `read` takes the slot's change stream (replication.pg_stream, wal2json format 1,
+one message per transaction) from the slot's confirmed position, and the slot moves forward only in `acknowledge`,
+which reports the standby's position to the server. PostgreSQL keeps every WAL segment the slot still needs, so a
+slot nobody consumes makes the primary's disk fill up (`retained_wal_bytes` says how much it holds back).
 
 Positions are commit LSNs as integers: every change of a transaction carries the end LSN of its commit record
 (`position`) and its index in the transaction (`seq`). Commit LSNs grow strictly in commit order, so positions order
@@ -11,13 +12,18 @@ transactions the way the primary committed them.
 Decoding sees only WAL that is flushed: with synchronous_commit=off a commit shows up after the WAL writer has
 flushed it (up to ~3 x wal_writer_delay). `heartbeat` commits with synchronous_commit=on, which flushes everything
 before it too.
+
+While a source streams, its walsender holds the slot (pg_replication_slots.active): the slot cannot be peeked or
+advanced through SQL meanwhile, so `committed` peeks a temporary copy of it, and `drop_slot` ends the walsender
+first. A stream takes one of the server's max_wal_senders and, while `committed` runs, one more replication slot.
 """
 from __future__ import annotations
 
-import functools
-import json
 import re
+import threading
 import time
+import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -25,27 +31,36 @@ from datetime import time as dtime
 from decimal import Decimal
 from typing import Self
 
-from sqlalchemy import Connection, Float, Numeric, event, text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from tenacity import Retrying, retry_if_exception, retry_if_result, stop_after_delay, wait_exponential
 
-from replication.changes import REPLICATED_TABLES, Change, ChangeOp, SnapshotTable
+from replication.changes import REPLICATED_TABLES, Change, SnapshotTable
 from replication.errors import ReplicationError, SourceUnavailable
+from replication.pg_stream import StreamError, WalStream, conninfo
+from replication.pg_wal2json import PLUGIN, add_tables, int_to_lsn, lsn_to_int, stream_options, transaction
 from standby.store.engine import make_engine
-from standby.store.schema import metadata as schema_metadata
 
-PLUGIN = "wal2json"
+__all__ = ["PgChangeSource", "int_to_lsn", "lsn_to_int"]
+
 # Serialization failure, deadlock, admin/crash shutdown, cannot connect now, too many connections, slot in use.
 TRANSIENT_SQLSTATES = {"40001", "40P01", "57P01", "57P02", "57P03", "53300", "55006"}
+SLOT_IN_USE = "55006"
 SNAPSHOT_BATCH = 2000
 SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
+# How long a start waits for the slot to be released by an earlier walsender (one that has just been closed, or
+# whose client died), and how long `acknowledge` waits for the server to show the confirmed position.
+SLOT_RELEASE_S = 10.0
+CONFIRM_S = 10.0
+# While a read waits for the stream to reach the flushed WAL: how often it asks the server where it is, and after
+# how long without a word from the server the stream counts as cut (a partition leaves no reset to notice).
+ASK_EVERY_S = 0.01
+SILENT_S = 30.0
 
-SLOT = ("SELECT plugin, database, confirmed_flush_lsn::text AS confirmed, "
+SLOT = ("SELECT plugin, database, active, confirmed_flush_lsn::text AS confirmed, "
         "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) AS retained FROM pg_replication_slots "
         "WHERE slot_name = CAST(:slot AS name)")
-PEEK = ("SELECT lsn::text, data FROM pg_logical_slot_peek_changes(CAST(:slot AS name), NULL, CAST(:n AS integer), "
-        "'format-version', '2', 'include-xids', '1', 'include-timestamp', '1', 'include-pk', '1', 'include-types', '0', "
-        "'add-tables', CAST(:tables AS text))")
 # The commit position of the newest transaction with replicated rows, decoded up to :upto (the last C after the
 # last I/U/D), computed in the server so no row data crosses the wire. NULL when no such transaction is pending.
 LAST_COMMIT = ("WITH d AS (SELECT c.n, c.lsn, CAST(c.data AS json)->>'action' AS action "
@@ -54,6 +69,8 @@ LAST_COMMIT = ("WITH d AS (SELECT c.n, c.lsn, CAST(c.data AS json)->>'action' AS
                "WITH ORDINALITY AS c(lsn, xid, data, n)) "
                "SELECT (SELECT lsn::text FROM d WHERE action = 'C' AND n > (SELECT max(n) FROM d "
                "WHERE action IN ('I', 'U', 'D')) ORDER BY n LIMIT 1)")
+# A temporary copy of the slot at its confirmed position, for `committed` to peek while the stream holds the slot.
+COPY_SLOT = "SELECT pg_copy_logical_replication_slot(CAST(:slot AS name), CAST(:copy AS name), true)"
 PRIMARY_KEYS = ("SELECT c.relname::text, a.attname::text FROM pg_index i "
                 "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
@@ -61,37 +78,38 @@ PRIMARY_KEYS = ("SELECT c.relname::text, a.attname::text FROM pg_index i "
                 "ORDER BY c.relname, array_position(CAST(i.indkey AS int2[]), a.attnum)")
 
 
-def lsn_to_int(lsn: str) -> int:
-    """'16/B374D848' -> (0x16 << 32) | 0xB374D848."""
-    hi, lo = lsn.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
-
-
-def int_to_lsn(position: int) -> str:
-    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
-
-
 class PgChangeSource:
     """The ChangeSource contract (replication.changes) over a wal2json logical replication slot named `slot` in the
     database at `url`. The slot is created by `create_slot` or `snapshot` and dropped by `drop_slot`, never
-    implicitly. Transient database errors raise SourceUnavailable; anything else propagates. Not thread-safe:
-    one reader per source."""
+    implicitly. Transient database errors, and a stream that breaks, raise SourceUnavailable (the next `read`
+    starts the stream again from the slot's confirmed position); anything else propagates. One reader at a time
+    (reads are serialised); `acknowledge`, `committed`, `head` and `retained_wal_bytes` may run beside a read."""
 
-    # Measured (bench replication, 275,726 changes): reading the next window during the apply made catch-up slower
-    # (9,276 vs 14,634 changes/s): decoding runs on the server and competes with the apply workers for the cores.
-    read_ahead = False
+    # The stream decodes each transaction once, in the walsender, ahead of the reader: reading the next window while
+    # the apply workers apply this one overlaps the two (the peek through SQL re-decoded from the slot at every read,
+    # and then reading ahead only competed for the cores).
+    read_ahead = True
 
     def __init__(self, url: str, slot: str, tables: tuple[str, ...] = REPLICATED_TABLES, *, schema: str = "public"):
         if not SLOT_NAME.fullmatch(slot):
             raise ValueError(f"slot name {slot!r}: PostgreSQL allows 1-63 characters of a-z, 0-9 and _")
         self.slot, self.tables, self.schema = slot, tuple(tables), schema
-        self.where = make_url(url).render_as_string(hide_password=True)
-        self.engine = make_engine(url, pool_size=2)
+        parsed = make_url(url)
+        self.where = parsed.render_as_string(hide_password=True)
+        self._conninfo = conninfo(parsed.host, parsed.port, parsed.username, parsed.password, parsed.database,
+                                  {k: v for k, v in parsed.query.items() if isinstance(v, str)})
+        self.engine = make_engine(url, pool_size=3)
         event.listen(self.engine, "connect", _session_settings)
         self._auto = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._add_tables = ",".join(f"{_w2j_escape(schema)}.{_w2j_escape(t)}" for t in self.tables)
+        self._add_tables = add_tables(schema, self.tables)
+        self._table_set = frozenset(self.tables)
         self._ceiling = 0  # highest position delivered here or declared held by the caller (`after`)
         self._snapshot_conns: list[Connection] = []
+        self._reading = threading.Lock()
+        self._stream: WalStream | None = None
+        self._floor = 0  # the `after` of the last read: the stream and `_pending` hold what follows it
+        self._pending: deque[tuple[int, list[Change]]] = deque()  # received transactions > _floor, commit order
+        self._pending_changes = 0
 
     # --- the slot ------------------------------------------------------------------------------------------------
 
@@ -126,11 +144,17 @@ class PgChangeSource:
             return lsn_to_int(row.confirmed)
 
     def drop_slot(self, missing_ok: bool = False) -> None:
-        """Drop the slot and free the WAL it holds. A missing slot is an error unless `missing_ok`."""
+        """Drop the slot and free the WAL it holds; a walsender streaming it (this source's or another process's)
+        is ended first. A missing slot is an error unless `missing_ok`."""
+        self._end_stream()
         if missing_ok and not self.slot_exists():
             return
-        with self._guard("drop the slot"), self._auto.connect() as conn:
-            conn.execute(text("SELECT pg_drop_replication_slot(CAST(:slot AS name))"), {"slot": self.slot})
+        for attempt in self._while_slot_busy():
+            with attempt, self._guard("drop the slot"), self._auto.connect() as conn:
+                conn.execute(text("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                                  "WHERE slot_name = CAST(:slot AS name) AND active_pid IS NOT NULL"),
+                             {"slot": self.slot})
+                conn.execute(text("SELECT pg_drop_replication_slot(CAST(:slot AS name))"), {"slot": self.slot})
 
     def retained_wal_bytes(self) -> int:
         """Bytes of WAL the slot keeps on the primary's disk (current WAL position minus the slot's restart LSN).
@@ -158,40 +182,44 @@ class PgChangeSource:
 
     def read(self, after: int, limit: int) -> list[Change]:
         """Whole committed transactions with position > `after`, in commit order, until at least `limit` changes
-        (a transaction is never split, so the answer can exceed `limit`); fewer than `limit` only when every
-        flushed commit was decoded, [] when there is nothing newer. Only peeks: the same arguments give the same
-        changes until `acknowledge`. A slot already moved past `after` (0 < after < its position) means changes
+        (a transaction is never split, so the answer can exceed `limit`); fewer than `limit` only when the stream
+        has reached the WAL flushed when the read began, [] when there is nothing newer. Reads consume nothing: the
+        same arguments give the same changes until `acknowledge` (an `after` below the previous read's starts the
+        stream again from the slot). A slot already moved past `after` (0 < after < its position) means changes
         the caller never got were freed: ReplicationError."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        self._ceiling = max(self._ceiling, after)
-        budget = 3 * limit + 64  # rows, counting each transaction's B and C
-        while True:
-            with self._guard("read changes"), self._auto.connect() as conn:
-                confirmed = lsn_to_int(self._slot(conn).confirmed)
-                if 0 < after < confirmed:
-                    raise ReplicationError(f"slot {self.slot!r} is at {int_to_lsn(confirmed)}, past the requested "
-                                           f"{int_to_lsn(after)}: the changes in between are gone; take a snapshot")
-                rows = conn.execute(text(PEEK), {"slot": self.slot, "n": budget, "tables": self._add_tables}).all()
+        with self._reading, self._guard("read changes"):
+            self._ceiling = max(self._ceiling, after)
+            self._fill(after, limit)
             changes: list[Change] = []
-            for position, txn in _transactions(rows, self.tables):
-                if position > after:
-                    changes.extend(txn)
-                    if len(changes) >= limit:
-                        break
-            if len(changes) >= limit or len(rows) < budget:  # a full window, or all flushed WAL decoded
-                if changes:
-                    self._ceiling = max(self._ceiling, changes[-1].position)
-                return changes
-            budget *= 4  # skipped (<= after) or empty transactions filled the budget: decode further
+            for _, txn in self._pending:
+                if len(changes) >= limit:
+                    break
+                changes.extend(txn)
+            if changes:
+                self._ceiling = max(self._ceiling, changes[-1].position)
+            return changes
 
     def acknowledge(self, position: int) -> None:
-        """Advance the slot to `position` (a commit position from `read`, or the snapshot's start): WAL up to it may
-        be freed. Refuses positions beyond what this source delivered; an older position than the slot's does
-        nothing."""
+        """Move the slot to `position` (a commit position from `read`, or the snapshot's start): WAL up to it may
+        be freed. While streaming, the position is reported to the walsender and this returns once the slot shows
+        it; otherwise the slot is advanced through SQL. Refuses positions beyond what this source delivered; an
+        older position than the slot's does nothing."""
         if position > self._ceiling:
             raise ReplicationError(f"acknowledge({position}) is beyond what slot {self.slot!r} delivered "
                                    f"({self._ceiling}); never acknowledge what was not applied")
+        stream = self._stream
+        if stream is not None:
+            try:
+                stream.confirm(position)
+                self._await_confirmed(position)
+            except StreamError as exc:
+                raise self._stream_failure(exc, "acknowledge") from exc
+            except SourceUnavailable:
+                stream.broken = True  # the walsender is gone: the next read starts the stream again
+                raise
+            return
         with self._guard("acknowledge"), self._auto.connect() as conn:
             if lsn_to_int(self._slot(conn).confirmed) < position:
                 conn.execute(text("SELECT pg_replication_slot_advance(CAST(:slot AS name), CAST(:lsn AS pg_lsn))"),
@@ -245,10 +273,11 @@ class PgChangeSource:
         slot's confirmed position when none is pending (everything acknowledged, hence applied).
 
         A synchronous commit of a transaction that writes only a logical message first flushes the WAL of every
-        commit before the call (with synchronous_commit=off they would not be decodable yet), then the slot is peeked up to the current WAL
-        position. Cheap once caught up: the peek decodes only what the slot has not confirmed. It changes nothing in
-        this object, so it may be called beside the thread that reads (the slot may be busy for a moment:
-        SourceUnavailable, which replication.progress.committed_position retries)."""
+        commit before the call (with synchronous_commit=off they would not be decodable yet), then a temporary copy
+        of the slot (the stream holds the slot itself) is peeked up to the current WAL position and dropped. Cheap
+        once caught up: the peek decodes only what the slot has not confirmed. It changes nothing in this object,
+        so it may be called beside the thread that reads."""
+        copy = f"{self.slot[:40]}_peek_{uuid.uuid4().hex[:12]}"
         with self._guard("find the last committed position"):
             with self.engine.begin() as conn:
                 # The commit must wait for the WAL flush, and PostgreSQL flushes at commit only for a transaction
@@ -257,10 +286,18 @@ class PgChangeSource:
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO on")
                 conn.execute(text("SELECT pg_logical_emit_message(true, 'standby-flush', '')"))
             with self._auto.connect() as conn:
-                confirmed = lsn_to_int(self._slot(conn).confirmed)
-                upto = conn.execute(text("SELECT pg_current_wal_lsn()::text")).scalar_one()
-                last = conn.execute(text(LAST_COMMIT), {"slot": self.slot, "upto": upto,
-                                                        "tables": self._add_tables}).scalar()
+                self._slot(conn)  # a missing slot: ReplicationError naming it
+                conn.execute(text(COPY_SLOT), {"slot": self.slot, "copy": copy})
+                try:
+                    confirmed = lsn_to_int(conn.execute(text(SLOT), {"slot": copy}).one().confirmed)
+                    upto = conn.execute(text("SELECT pg_current_wal_lsn()::text")).scalar_one()
+                    last = conn.execute(text(LAST_COMMIT), {"slot": copy, "upto": upto,
+                                                            "tables": self._add_tables}).scalar()
+                finally:  # a temporary slot lives as long as its session, and pooled sessions live long
+                    try:
+                        conn.execute(text("SELECT pg_drop_replication_slot(CAST(:slot AS name))"), {"slot": copy})
+                    except DBAPIError:
+                        conn.invalidate()  # ends the session, and the temporary slot with it
         return lsn_to_int(last) if last is not None else confirmed
 
     def head(self) -> int:
@@ -271,6 +308,7 @@ class PgChangeSource:
             return lsn_to_int(conn.execute(text("SELECT pg_current_wal_lsn()::text")).scalar_one())
 
     def close(self) -> None:
+        self._end_stream()
         for conn in list(self._snapshot_conns):
             self._end_snapshot(conn)
         self.engine.dispose()
@@ -290,6 +328,107 @@ class PgChangeSource:
                                    f"(create_slot or snapshot) first")
         return row
 
+    # --- the stream ------------------------------------------------------------------------------------------
+
+    def _fill(self, after: int, limit: int) -> None:
+        """`_pending` holds the transactions after `after`, at least `limit` changes of them unless the stream is
+        caught up. A stream that broke since the last read (the server timed it out while the caller was busy, or
+        it was cut) is started again once here; a fresh stream that breaks is the caller's SourceUnavailable."""
+        for _ in range(2):
+            fresh = self._stream is None or self._stream.broken or after < self._floor
+            if fresh:
+                self._start_stream(after)
+            self._floor = after
+            while self._pending and self._pending[0][0] <= after:
+                self._pending_changes -= len(self._pending.popleft()[1])
+            try:
+                self._receive(limit)
+                return
+            except StreamError as exc:
+                self._end_stream()
+                if fresh:
+                    raise self._stream_failure(exc, "read changes") from exc
+        raise AssertionError("unreachable: the second pass starts a fresh stream")
+
+    def _start_stream(self, after: int) -> None:
+        """(Re)start the stream at the slot's confirmed position; what was received before is dropped (the
+        stream delivers it again, and `_receive` skips what is <= `after`)."""
+        self._end_stream()
+        with self._auto.connect() as conn:
+            confirmed = lsn_to_int(self._slot(conn).confirmed)
+        if 0 < after < confirmed:
+            raise ReplicationError(f"slot {self.slot!r} is at {int_to_lsn(confirmed)}, past the requested "
+                                   f"{int_to_lsn(after)}: the changes in between are gone; take a snapshot")
+        options = stream_options(self.schema, self.tables)
+        for attempt in self._while_slot_busy():
+            with attempt:
+                try:
+                    self._stream = WalStream(self._conninfo, self.slot, options)
+                except StreamError as exc:
+                    raise self._stream_failure(exc, "start the change stream") from exc
+
+    def _end_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        self._pending.clear()
+        self._pending_changes = 0
+        if stream is not None:
+            stream.close()
+
+    def _receive(self, limit: int) -> None:
+        """Take transactions from the stream into `_pending` until it holds `limit` changes, or the stream has
+        reached the WAL flushed now (the server's keepalive says it decoded that far, and whatever it decoded
+        arrived before the keepalive)."""
+        stream, flushed, asked = self._stream, None, 0.0
+        while self._pending_changes < limit:
+            message = stream.next_message(0.0 if flushed is None else ASK_EVERY_S)
+            if message is not None:
+                position, changes = transaction(message[1], self._table_set)
+                if changes and position > self._floor:
+                    self._pending.append((position, changes))
+                    self._pending_changes += len(changes)
+                continue
+            if flushed is None:
+                with self._auto.connect() as conn:
+                    flushed = lsn_to_int(conn.execute(text("SELECT pg_current_wal_flush_lsn()::text")).scalar_one())
+            if stream.server_end >= flushed:
+                return
+            if time.monotonic() - stream.last_heard > SILENT_S:
+                raise StreamError(f"no word from the server for {SILENT_S:.0f} s", None, True)
+            if time.monotonic() - asked >= ASK_EVERY_S:
+                stream.ask_where()
+                asked = time.monotonic()
+
+    def _await_confirmed(self, position: int) -> None:
+        """Wait until the walsender has taken the reported position (pg_replication_slots shows it)."""
+        def confirmed() -> bool:
+            with self._guard("acknowledge"), self._auto.connect() as conn:
+                slot = self._slot(conn)
+            if lsn_to_int(slot.confirmed) >= position:
+                return True
+            if not slot.active:  # the walsender is gone (a cut connection): the report died with it
+                raise SourceUnavailable(f"the change stream of slot {self.slot!r} at {self.where} ended before "
+                                        f"it confirmed {int_to_lsn(position)}")
+            return False
+        done = Retrying(retry=retry_if_result(lambda ok: not ok), stop=stop_after_delay(CONFIRM_S),
+                        wait=wait_exponential(multiplier=0.001, max=0.05),
+                        retry_error_callback=lambda _state: False)(confirmed)
+        if not done:
+            raise SourceUnavailable(f"slot {self.slot!r} at {self.where} did not confirm {int_to_lsn(position)} "
+                                    f"within {CONFIRM_S:.0f} s")
+
+    def _stream_failure(self, exc: StreamError, what: str) -> Exception:
+        if exc.broken or exc.sqlstate is None or exc.sqlstate.startswith("08") or exc.sqlstate in TRANSIENT_SQLSTATES:
+            return SourceUnavailable(f"cannot {what} at {self.where}: {exc}")
+        if exc.sqlstate == "42704":
+            return ReplicationError(f"replication slot {self.slot!r} does not exist on {self.where}")
+        return ReplicationError(f"cannot {what} at {self.where}: {exc}")
+
+    def _while_slot_busy(self) -> Retrying:
+        """Attempts of an action that needs the slot free: a walsender that was just closed, or whose client was
+        killed, lets go of it a moment later."""
+        return Retrying(retry=retry_if_exception(_slot_in_use), stop=stop_after_delay(SLOT_RELEASE_S),
+                        wait=wait_exponential(multiplier=0.01, max=0.5), reraise=True)
+
     def _end_snapshot(self, conn: Connection) -> None:
         if conn in self._snapshot_conns:
             self._snapshot_conns.remove(conn)
@@ -308,77 +447,6 @@ class PgChangeSource:
             if _sqlstate(exc) == "42704" and "replication slot" in str(exc.orig):
                 raise ReplicationError(f"replication slot {self.slot!r} does not exist on {self.where}") from exc
             raise
-
-
-def _transactions(rows, tables: tuple[str, ...]) -> Iterator[tuple[int, list[Change]]]:
-    """(commit position, changes) per committed transaction in wal2json v2 output (B, I/U/D..., C); transactions
-    touching only other tables come out empty. Logical messages (M) are ignored; a TRUNCATE (T) cannot be carried
-    as row changes and raises."""
-    messages: list[dict] = []
-    for lsn, data in rows:
-        msg = json.loads(data, parse_float=Decimal)  # numeric values are bare JSON numbers: keep every digit
-        action = msg["action"]
-        if action == "B":
-            messages = []
-        elif action in ("I", "U", "D"):
-            messages.append(msg)
-        elif action == "C":
-            position = lsn_to_int(lsn)
-            committed_at = datetime.fromisoformat(msg["timestamp"]).timestamp() if msg.get("timestamp") else None
-            changes: list[Change] = []
-            for m in messages:
-                if m["table"] in tables:
-                    for op, key, row in _row_changes(m):
-                        changes.append(Change(position, m["table"], op, key, row, m.get("xid"), committed_at,
-                                              len(changes)))
-            yield position, changes
-            messages = []
-        elif action == "T":
-            raise ReplicationError(f"TRUNCATE of {msg.get('schema')}.{msg.get('table')} at {lsn} cannot be "
-                                   f"replicated as row changes; take a new snapshot")
-
-
-def _row_changes(msg: dict) -> list[tuple[ChangeOp, dict, dict | None]]:
-    """One wal2json I/U/D message as changes. An update that changes the primary key is a delete of the old key
-    and an insert of the new one (as the SQLite change capture logs it)."""
-    pk = [p["name"] for p in msg.get("pk", ())]
-    action = msg["action"]
-    convert = _table_converters(msg["table"])
-    if action != "I":  # inserts carry no old identity
-        identity = {c["name"]: _converted(c, convert) for c in msg.get("identity", ())}
-        old_key = {n: identity[n] for n in pk} if pk and all(n in identity for n in pk) else identity
-        if action == "D":
-            return [(ChangeOp.DELETE, old_key, None)]
-    row = {c["name"]: _converted(c, convert) for c in msg["columns"]}
-    key = {n: row[n] for n in pk}
-    if action == "I":
-        return [(ChangeOp.INSERT, key, row)]
-    if old_key and old_key != key:
-        return [(ChangeOp.DELETE, old_key, None), (ChangeOp.INSERT, key, row)]
-    return [(ChangeOp.UPDATE, key, row)]
-
-
-def _converted(column: dict, convert: dict):
-    value, to = column["value"], convert.get(column["name"])
-    return value if to is None or value is None else to(value)
-
-
-@functools.lru_cache(maxsize=64)
-def _table_converters(table: str) -> dict:
-    """Per column, how wal2json's JSON value becomes what `_json_ready` gives for the same column, from our own
-    schema (so wal2json need not send type names with every row). Only numbers need it: numeric stays exact as a
-    plain str, double precision becomes a float; text, integers, booleans and dates pass as they come."""
-    out = {}
-    for column in schema_metadata.tables[table].columns:
-        if isinstance(column.type, Float):
-            out[column.name] = float
-        elif isinstance(column.type, Numeric):
-            out[column.name] = _plain_decimal
-    return out
-
-
-def _plain_decimal(value) -> str:
-    return format(Decimal(value), "f")
 
 
 def _json_ready(value):
@@ -405,6 +473,13 @@ def _sqlstate(exc: DBAPIError) -> str | None:
     return getattr(exc.orig, "sqlstate", None)
 
 
+def _slot_in_use(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    if isinstance(cause, StreamError):
+        return cause.sqlstate == SLOT_IN_USE
+    return isinstance(cause, DBAPIError) and _sqlstate(cause) == SLOT_IN_USE
+
+
 def _transient(exc: DBAPIError) -> bool:
     state = _sqlstate(exc)
     if exc.connection_invalidated or (state is None and isinstance(exc, OperationalError)):
@@ -414,8 +489,3 @@ def _transient(exc: DBAPIError) -> bool:
 
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
-
-
-def _w2j_escape(name: str) -> str:
-    # wal2json's add-tables list: space, quote, comma, period and asterisk are escaped with a backslash.
-    return re.sub(r"([ ',.*\\])", r"\\\1", name)

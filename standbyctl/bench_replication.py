@@ -192,6 +192,8 @@ def native_catch_up(primary_cluster, standby_cluster, org, tariff, rules, enterp
         init_site(make_engine(url), site, role, primary_site="A")
     seed(make_engine(a), org, enterprises_count=enterprises_count)
     tables = ", ".join(REPLICATED_TABLES)
+    # The subscription copies every row: what init_site wrote on the standby (its org_map_state row) would collide.
+    standby_cluster.execute(f"TRUNCATE {tables}", dbname="native_b")
     primary_cluster.execute(f"CREATE PUBLICATION bench_pub FOR TABLE {tables}", dbname="native_a")
     standby_cluster.execute(f"CREATE SUBSCRIPTION bench_sub CONNECTION '{primary_cluster.dsn('native_a')}' "
                             "PUBLICATION bench_pub WITH (copy_data = true)", dbname="native_b")

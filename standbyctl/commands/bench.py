@@ -94,7 +94,7 @@ def _cpus() -> int:
                    "native logical replication on the same workload)")
 @click.option("--read-ahead/--no-read-ahead", default=None,
               help="read the next window while the workers apply the current one (default: as the source prefers, "
-                   "on for SQLite, off for PostgreSQL)")
+                   "on for both)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write the results as JSON here")
 @pass_cli
 def replication(cli: CliContext, declarations: int, partitions: int, window: int, lag_seconds: float,
@@ -161,8 +161,9 @@ def replication(cli: CliContext, declarations: int, partitions: int, window: int
                                      click.echo)
             changes = results["postgres"]["backlog_row_changes"]
             native["row_changes_per_s"] = round(changes / native["catch_up_seconds"])
+            native["ours_to_native"] = round(results["postgres"]["row_changes_per_s"] / native["row_changes_per_s"], 3)
             click.echo(f"  native caught up in {native['catch_up_seconds']} s: {native['row_changes_per_s']:,} "
-                       "row changes/s (same backlog)")
+                       f"row changes/s (same backlog); ours is {native['ours_to_native']:.1%} of native")
             results["postgres_native"] = native
         finally:
             for cluster in clusters:

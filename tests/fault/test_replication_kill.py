@@ -55,6 +55,40 @@ def _applied(standby_url: str) -> int:
         engine.dispose()
 
 
+def kill_at_random_points(config: Path, standby_url: str, rng: random.Random, times: int,
+                          longest_s: float) -> list[tuple[int, bool]]:
+    """Start the replicator, let it work a random while once it has applied something, kill -9 its whole process
+    group (driver + workers); `times` times. Per kill: (the process's exit status, whether it had applied
+    something before the kill)."""
+    kills = []
+    for _ in range(times):
+        proc = _replicate(config)
+        deadline = time.monotonic() + 90
+        start = _applied(standby_url)
+        while _applied(standby_url) <= start and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        advanced = _applied(standby_url) > start
+        time.sleep(rng.uniform(0.0, longest_s))
+        os.killpg(proc.pid, signal.SIGKILL)
+        kills.append((proc.wait(), advanced))
+    return kills
+
+
+def finish_and_verify(config: Path, primary_url: str, standby_url: str):
+    """A last replicator run (--once) resumes the stream from its stored positions; then verify's report."""
+    finisher = _replicate(config, once=True)
+    out, _ = finisher.communicate(timeout=300)
+    assert finisher.returncode == 0, out
+    assert "resuming stream A-to-B" in out  # no second snapshot: the stored positions were kept
+    stream = Stream(primary_url, standby_url)
+    stream.open()
+    stream.replicator.start()
+    try:
+        return stream.verify()
+    finally:
+        stream.close()
+
+
 def test_kill_9_of_the_replicator_process_at_random_points(tmp_path, org, tariff, rules, ray_session):
     primary = make_site_db(tmp_path, org, enterprises_count=3000)
     standby_url = f"sqlite:///{tmp_path / 'site-b.db'}"
@@ -62,30 +96,9 @@ def test_kill_9_of_the_replicator_process_at_random_points(tmp_path, org, tariff
     config = _config(tmp_path, primary.url, standby_url)
     intake = Intake(primary.url, primary.active_enterprises(300), tariff, rules)
     intake.start(60, pause_s=0.02)
-    rng = random.Random(9)
-    kills = []  # (the process's exit status, whether it had applied something before the kill)
-    for _ in range(3):  # start it, let it work a random while, kill -9 the whole process group (driver + workers)
-        proc = _replicate(config)
-        deadline = time.monotonic() + 90
-        start = _applied(standby_url)
-        while _applied(standby_url) <= start and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        advanced = _applied(standby_url) > start
-        time.sleep(rng.uniform(0.0, 1.5))
-        os.killpg(proc.pid, signal.SIGKILL)
-        kills.append((proc.wait(), advanced))
+    kills = kill_at_random_points(config, standby_url, random.Random(9), times=3, longest_s=1.5)
     intake.join()
-    finisher = _replicate(config, once=True)
-    out, _ = finisher.communicate(timeout=300)
-    assert finisher.returncode == 0, out
-    assert "resuming stream A-to-B" in out  # no second snapshot: the stored positions were kept
-    stream = Stream(primary.url, standby_url)
-    stream.open()
-    stream.replicator.start()
-    try:
-        report = stream.verify()
-    finally:
-        stream.close()
+    report = finish_and_verify(config, primary.url, standby_url)
     # Each kill landed on a running replicator that had been applying: it died of SIGKILL, not of its own accord.
     assert kills == [(-signal.SIGKILL, True)] * 3, kills
     assert report.ok, "\n".join(report.summary())

@@ -51,7 +51,8 @@ def test_cut_connections_are_retried_and_nothing_is_lost(pg_pair, tariff, rules)
     while time.monotonic() < deadline:  # cut every busy connection to the primary, mid-query, for a while
         cut += len(cluster.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
-            "AND state = 'active' AND query ILIKE %s", (database, "%pg_logical_slot%")))
+            "AND state = 'active' AND (query ILIKE %s OR query ILIKE %s)",
+            (database, "%pg_logical_slot%", "START_REPLICATION%")))
         time.sleep(0.01)
     intake.join()
     stream.catch_up(timeout_s=120)
