@@ -85,10 +85,10 @@ class PgChangeSource:
     starts the stream again from the slot's confirmed position); anything else propagates. One reader at a time
     (reads are serialised); `acknowledge`, `committed`, `head` and `retained_wal_bytes` may run beside a read."""
 
-    # The stream decodes each transaction once, in the walsender, ahead of the reader: reading the next window while
-    # the apply workers apply this one overlaps the two (the peek through SQL re-decoded from the slot at every read,
-    # and then reading ahead only competed for the cores).
-    read_ahead = True
+    # Measured on 2 cores (BENCHMARKS.md, 2026-11-30; 109,532 changes): reading the next window while the apply
+    # workers apply this one made the step slower, 14,631 against 16,767 changes/s without: parsing in the driver and
+    # decoding in the walsender compete with the apply workers for the same cores. `read` works either way.
+    read_ahead = False
 
     def __init__(self, url: str, slot: str, tables: tuple[str, ...] = REPLICATED_TABLES, *, schema: str = "public"):
         if not SLOT_NAME.fullmatch(slot):

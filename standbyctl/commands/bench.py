@@ -94,7 +94,7 @@ def _cpus() -> int:
                    "native logical replication on the same workload)")
 @click.option("--read-ahead/--no-read-ahead", default=None,
               help="read the next window while the workers apply the current one (default: as the source prefers, "
-                   "on for both)")
+                   "on for SQLite, off for PostgreSQL)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write the results as JSON here")
 @pass_cli
 def replication(cli: CliContext, declarations: int, partitions: int, window: int, lag_seconds: float,
