@@ -15,6 +15,7 @@ import click
 import httpx
 
 from standbyctl.context import CliContext, fail, pass_cli
+from standbyctl.token_reload import wait_until_accepted
 from standby.api.auth import revoke_tokens
 
 DURATION = re.compile(r"^(\d+)(s|m|h)$")
@@ -144,21 +145,13 @@ def _issue_tokens(cli: CliContext, site_id: str, declarants: int, path: Path, la
 
 
 def _wait_until_accepted(host: str, tokens_file: Path, timeout_s: float = 30.0) -> None:
-    """A site reloads its tokens file in the background; wait until it accepts this run's last token (a standby
-    too: its read-only clients use the same tokens)."""
+    """Wait until the site (a standby too: its read-only clients use the same tokens) accepts this run's last token
+    in every HTTP process (standbyctl.token_reload)."""
     issued = json.loads(tokens_file.read_text())
     token = (issued["officers"] or issued["declarants"])[-1]["token"]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(f"{host}/v1/site", headers={"Authorization": f"Bearer {token}"}, timeout=3).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            fail(f"the site at {host} did not accept the run's tokens within {timeout_s:.0f} s; "
-                 "is it serving with the same tokens file (config auth.tokens_file)?")
-        time.sleep(0.25)
+    if not wait_until_accepted(host, token, timeout_s):
+        fail(f"the site at {host} did not accept the run's tokens within {timeout_s:.0f} s; "
+             "is it serving with the same tokens file (config auth.tokens_file)?")
 
 
 def _locust_command(cli: CliContext, host: str, tokens_file: Path, out: Path, shape: str, multiplier: float,

@@ -28,10 +28,11 @@ from standbyctl.bench_failover_figures import failover_rpo, reconcile_counts
 from standbyctl.bench_restructure import run_once_frozen
 from standbyctl.bench_switchover import (LedgerCheck, count_events, hold_delta, ledger_against, scrape,
                                          start_locust, stop_and_check, switch_once)
-from standbyctl.bench_switchover_deploy import Deployment, deploy, stop_leftovers, terminate
+from standbyctl.bench_switchover_deploy import Deployment, deploy, site_url, stop_leftovers, terminate
 from standbyctl.drill.plan import DrillStep, StepKind, StepStatus, drill_plan
 from standbyctl.drill.sampler import Sampler
-from standbyctl.drill.sites import EmbeddedSites, RunningSites, check_running
+from standbyctl.token_reload import wait_until_accepted
+from standbyctl.drill.sites import EmbeddedSites, RunningSites, SitesUnfit, check_running
 
 WATCH_WAIT_S = 60.0  # the kill to a watch's failover run ended: the lease (seconds) and the run (about one)
 GRACE_S = 2.0  # after a freeze or a failover gap: held writes released, answers on their way
@@ -362,6 +363,11 @@ def start_on_running_sites(d: Drill, base) -> tuple[str, str]:
     d.log(f"- running sites: {primary} primary, {standby} its standby; tokens for the run labelled {d.token_label}")
     d.dep.run("tokens", "issue-many", "--site", primary, "--declarants", "300", "--out",
               str(o.workdir / "tokens.json"), "--label", d.token_label)
+    token = json.loads((o.workdir / "tokens.json").read_text())["declarants"][-1]["token"]
+    for site in (primary, standby):  # the load starts at once: every HTTP process of each site must know the tokens
+        if not wait_until_accepted(site_url(base, site), token):
+            raise SitesUnfit(f"site {site} did not accept the drill's tokens within 30 s: is it serving with the "
+                             f"tokens file of {o.existing} (auth.tokens_file)?")
     return primary, standby
 
 

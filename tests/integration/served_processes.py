@@ -15,14 +15,13 @@ from pathlib import Path
 import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from standby.api.auth import read_tokens_file, token_digest
 from standby.processes import command_line
+from standbyctl.token_reload import wait_until_accepted
 from tests.conftest import REPO, SiteDb, Tokens, free_port
 
 PROCESSES = 2
-UNKNOWN_NUMBER = "100000000000"  # 12 digits, never issued: an authenticated read of it is 404, an unknown token 401
 
 
 def children() -> dict[int, list[int]]:
@@ -65,14 +64,7 @@ class FileTokens(Tokens):
         tmp.write_text(yaml.safe_dump({"tokens": entries}))
         tmp.replace(self.path)
         newest = made[-1][1]
-        # every process must know it: ask several times over new connections, which the processes share out
-        for attempt in Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(0.1), reraise=True,
-                                retry=retry_if_exception_type(AssertionError)):
-            with attempt:
-                for _ in range(4 * PROCESSES):
-                    reply = httpx.get(f"{self.url}/v1/declarations/{UNKNOWN_NUMBER}",
-                                      headers={"Authorization": f"Bearer {newest}"}, timeout=10)
-                    assert reply.status_code == 404, (reply.status_code, reply.text)
+        assert wait_until_accepted(self.url, newest, timeout_s), f"the site did not accept {newest} in {timeout_s} s"
         assert len(read_tokens_file(self.path)["tokens"]) == len(made)
 
 

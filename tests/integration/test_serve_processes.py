@@ -22,6 +22,7 @@ from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, retry_if_
 from standby.processes import command_line, pid_alive
 from standby.store.schema import declarations
 from standby.store.site import freeze, read_control, resume
+from standbyctl.token_reload import wait_until_accepted
 from tests.conftest import make_site_db
 from tests.integration.http_helpers import payload
 from tests.integration.served_processes import PROCESSES, ServedProcesses, descendants, serve_processes
@@ -177,6 +178,15 @@ def test_an_http_process_killed_with_9_under_load_is_replaced_and_nothing_is_los
             now = site.http_pids()
             assert len(now) == PROCESSES and victim not in now and set(first_pids) - {victim} <= set(now), now
     assert f"(pid {victim}) ended with signal 9; starting another" in site.log.read_text()
+
+
+def test_a_token_written_to_the_file_is_known_to_every_process_once_wait_until_accepted_says_so(site):
+    token = site.tokens.operator(f"late-{uuid.uuid4().hex[:6]}")
+    assert not wait_until_accepted(site.url, token, timeout_s=1.0), "not written yet: refused"
+    site.tokens.publish()  # writes the file, then wait_until_accepted
+    answers = Counter(httpx.get(f"{site.url}/v1/site", headers={"Authorization": f"Bearer {token}"},
+                                timeout=10).status_code for _ in range(30))  # each on a new connection
+    assert answers == {200: 30}
 
 
 def test_the_supervisor_killed_with_9_takes_its_http_processes_and_its_ray_with_it(tmp_path, org):
