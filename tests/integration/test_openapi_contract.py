@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -28,6 +29,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, negativ
 from standby.api.contract import NUMBER_PATTERN, OPERATIONS
 from standby.domain.errors import DomainError
 from standby.domain.numbers import DeclarationNumber
+from tests.conftest import ServedSite, make_site_db, serve_site
 from tests.integration.http_helpers import IMPORT_SECTION, OFFICE, OTHER_OFFICE, bearer, payload, predeclare
 
 pytestmark = pytest.mark.ray
@@ -37,10 +39,32 @@ SHAPE_CODES = {"invalid_request", "body_missing", "malformed_json", "number_inva
                "idempotency_key_required", "idempotency_key_invalid"}
 # What only a fault can make the site answer: a bug (500), or its database not answering on a read (503).
 NEEDS_A_FAULT = {500}
+CALL_TIMEOUT_S = 20  # a request that hangs fails with its own message, not pytest's timeout of the whole run
 READS = {"get_declaration", "get_enterprise", "list_by_unit", "queue", "site"}
 SETTINGS = settings(max_examples=150, deadline=None, database=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                            HealthCheck.filter_too_much, HealthCheck.data_too_large])
+
+
+# A site of this module's own, not the session's shared one: the random requests are derandomized, and what they
+# meet must not depend on what other test files left on a shared site (in one full run, the schema-valid requests
+# against the shared site ran past pytest's 300 s timeout, where alone they take 3 s).
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, org, ray_session) -> ServedSite:
+    site = serve_site(make_site_db(tmp_path_factory.mktemp("contract"), org))
+    yield site
+    site.stop()
+
+
+@pytest.fixture(scope="module")
+def client(served) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def enterprises(served) -> list[str]:
+    return served.db.active_enterprises(60)
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +272,7 @@ def test_schema_valid_random_requests_meet_only_documented_answers(api, served, 
     @SETTINGS
     @given(case=api.as_strategy(), token=st.sampled_from(_tokens(served, enterprises)))
     def answer(case, token):
-        resp = case.call(base_url=served.url, headers=bearer(token))
+        resp = case.call(base_url=served.url, headers=bearer(token), timeout=CALL_TIMEOUT_S)
         case.validate_response(resp, checks=checks)
         answered[resp.status_code] += 1
         if resp.status_code >= 400:
@@ -267,7 +291,7 @@ def test_schema_invalid_random_requests_are_refused_with_documented_answers(api,
     @given(case=api.as_strategy(schemathesis.GenerationMode.NEGATIVE),
            token=st.sampled_from(_tokens(served, enterprises)))
     def answer(case, token):
-        resp = case.call(base_url=served.url, headers=bearer(token))
+        resp = case.call(base_url=served.url, headers=bearer(token), timeout=CALL_TIMEOUT_S)
         case.validate_response(resp, checks=checks)
         answered[resp.status_code] += 1
 
