@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import signal
-import uuid
 
 import pytest
 from sqlalchemy import func, select
@@ -14,20 +13,14 @@ from replication.pg_source import PgChangeSource
 from replication.sources import slot_name
 from standby.store.engine import make_engine
 from standby.store.schema import declarations
-from tests.conftest import make_site_db
 from tests.fault.test_replication_kill import _config, finish_and_verify, kill_at_random_points
-from tests.integration.replica import Intake, make_standby
+from tests.integration.replica import Intake, pg_site_pair
 
 pytestmark = [pytest.mark.fault, pytest.mark.postgres]
 
 
 def test_kill_9_of_the_replicator_mid_stream_on_postgres(pg_cluster, tmp_path, org, tariff, rules, ray_session):
-    names = [f"kill_{uuid.uuid4().hex[:8]}_{side}" for side in ("a", "b")]
-    for name in names:
-        pg_cluster.create_database(name)
-    primary = make_site_db(tmp_path, org, enterprises_count=2000, url=pg_cluster.url(names[0]))
-    standby_url = pg_cluster.url(names[1])
-    make_standby(standby_url)
+    primary, standby_url = pg_site_pair(pg_cluster, tmp_path, org, "kill", 2000)
     config = _config(tmp_path, primary.url, standby_url)
     intake = Intake(primary.url, primary.active_enterprises(300), tariff, rules)
     intake.start(40, pause_s=0.02)

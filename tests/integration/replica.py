@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +28,20 @@ def make_standby(url: str, site_id: str = "B") -> None:
     engine = make_engine(url)
     init_site(engine, site_id, SiteRole.STANDBY, primary_site="A")
     engine.dispose()
+
+
+def pg_site_pair(pg_cluster, tmp_path, org, prefix: str, enterprises_count: int):
+    """Two fresh databases on `pg_cluster` (named `<prefix>_<random>_a|b`): site A primary, seeded (its SiteDb), and
+    site B its empty standby (its URL)."""
+    from tests.conftest import make_site_db
+
+    names = [f"{prefix}_{uuid.uuid4().hex[:8]}_{side}" for side in ("a", "b")]
+    for name in names:
+        pg_cluster.create_database(name)
+    primary = make_site_db(tmp_path, org, enterprises_count=enterprises_count, url=pg_cluster.url(names[0]))
+    standby_url = pg_cluster.url(names[1])
+    make_standby(standby_url)
+    return primary, standby_url
 
 
 @dataclass

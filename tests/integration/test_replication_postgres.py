@@ -2,24 +2,17 @@
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 
-from tests.conftest import make_site_db
-from tests.integration.replica import Intake, Stream, make_standby
+from tests.integration.replica import Intake, Stream, pg_site_pair
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 def pg_pair(pg_cluster, tmp_path, org, ray_session):
-    names = [f"repl_{uuid.uuid4().hex[:8]}_{side}" for side in ("a", "b")]
-    for name in names:
-        pg_cluster.create_database(name)
-    primary = make_site_db(tmp_path, org, enterprises_count=3000, url=pg_cluster.url(names[0]))
-    standby_url = pg_cluster.url(names[1])
-    make_standby(standby_url)
+    primary, standby_url = pg_site_pair(pg_cluster, tmp_path, org, "repl", 3000)
     stream = Stream(primary.url, standby_url)
     yield pg_cluster, primary, stream
     stream.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 
 import pytest
 import yaml
@@ -22,7 +21,7 @@ from standby.store import site
 from standby.store.engine import make_engine
 from standby.store.schema import audit_log, change_log, declarations, replication_heartbeat
 from tests.conftest import REPO, make_site_db
-from tests.integration.replica import Intake, Stream, make_standby
+from tests.integration.replica import Intake, Stream, make_standby, pg_site_pair
 
 
 def scalar(url: str, stmt):
@@ -54,14 +53,9 @@ def sites(request, tmp_path, org, ray_session):
     if request.param == "sqlite":
         a = make_site_db(tmp_path, org, enterprises_count=500)
         b_url = f"sqlite:///{tmp_path / 'site-b.db'}"
+        make_standby(b_url)
     else:
-        cluster = request.getfixturevalue("pg_cluster")
-        names = [f"rev_{uuid.uuid4().hex[:8]}_{side}" for side in ("a", "b")]
-        for name in names:
-            cluster.create_database(name)
-        a = make_site_db(tmp_path, org, enterprises_count=500, url=cluster.url(names[0]))
-        b_url = cluster.url(names[1])
-    make_standby(b_url)
+        a, b_url = pg_site_pair(request.getfixturevalue("pg_cluster"), tmp_path, org, "rev", 500)
     yield request.param, a, b_url
     for source_url, target_url, stream in ((a.url, b_url, "A-to-B"), (b_url, a.url, "B-to-A")):
         retire_stream(source_url, target_url, stream)  # drops the PostgreSQL slots
