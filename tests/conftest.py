@@ -195,21 +195,26 @@ def served(tmp_path_factory, org, ray_session) -> ServedSite:
     served.stop()
 
 
-# The suite runs on two xdist workers, each taking whole files in collection order (pyproject's addopts). Taken in
-# plain path order, the longest files came last and the run ended with one worker alone on a minutes-long file; the
-# longest files go first (longest-processing-time-first), the many short ones fill in at the end. By their measured
-# time in a full run (most first); files not listed keep their order after these.
+# The suite runs on two xdist workers, each taking whole files in collection order (pyproject's addopts, with
+# --no-loadscope-reorder: xdist's default order, most tests first, put the one-test fault files of minutes last).
+# Taken in plain path order, the longest files came last and the run ended with one worker alone on a minutes-long
+# file; the longest files go first (longest-processing-time-first), the many short ones fill in at the end. By their
+# measured time in a full run (most first); files not listed keep their order after these.
 LONGEST_FIRST = (
-    "tests/fault/test_switchover_resume.py", "tests/integration/test_drill.py", "tests/fault/test_runbook_resume.py",
-    "tests/fault/test_failback_resume.py", "tests/integration/test_switchover.py",
-    "tests/fault/test_org_restructure_resume.py", "tests/fault/test_failover_resume.py",
-    "tests/integration/test_switchover_postgres.py", "tests/integration/test_org_restructure_switchover.py",
-    "tests/fault/test_replication_kill.py", "tests/integration/test_drill_existing.py",
-    "tests/integration/test_failback_postgres.py", "tests/integration/test_failback.py",
+    "tests/integration/test_drill.py", "tests/integration/test_drill_existing.py",
+    "tests/fault/test_switchover_resume.py", "tests/fault/test_runbook_resume.py",
+    "tests/integration/test_switchover.py", "tests/fault/test_failback_resume.py",
+    "tests/integration/test_org_restructure_switchover.py", "tests/fault/test_replication_kill.py",
+    "tests/fault/test_worker_death.py", "tests/integration/test_serve_processes.py",
+    "tests/integration/test_switchover_postgres.py", "tests/fault/test_failover_resume.py",
+    "tests/integration/test_loadtest_cli.py", "tests/integration/test_failback_postgres.py",
+    "tests/fault/test_org_restructure_resume.py", "tests/integration/test_ray_cluster.py",
+    "tests/integration/test_failback.py", "tests/integration/test_failover.py",
+    "tests/fault/test_partitioned_primary.py", "tests/fault/test_pg_stream_kill.py",
     "tests/integration/test_reverse_stream.py", "tests/integration/test_replication_postgres.py",
     "tests/integration/test_replication_sqlite.py", "tests/integration/test_failover_postgres.py",
-    "tests/integration/test_loadtest_cli.py", "tests/integration/test_org_restructure.py",
-    "tests/integration/test_lifecycle.py", "tests/integration/test_failover.py",
+    "tests/integration/test_org_restructure.py", "tests/integration/test_locust.py",
+    "tests/integration/test_lifecycle.py",
 )
 
 

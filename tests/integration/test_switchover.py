@@ -30,8 +30,11 @@ def switch(rig, source: str, target: str, *extra: str):
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory, org, ray_session):
-    """One rig for the module (building one costs seconds): every test leaves A the primary, as it found it."""
-    rig = build_rig(tmp_path_factory.mktemp("switchover"), org)
+    """One rig for the module (building one costs seconds): every test leaves A the primary, as it found it. The
+    replicator processes the switchovers start join the session's Ray instead of each starting a local one."""
+    import ray
+
+    rig = build_rig(tmp_path_factory.mktemp("switchover"), org, ray_address=ray.get_runtime_context().gcs_address)
     yield rig
     rig.close()
 
