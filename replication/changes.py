@@ -1,10 +1,12 @@
 """What replication moves: row changes in commit order, each with a position, and the contract of their source."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
+
+import msgspec
 
 
 class ChangeOp(str, Enum):
@@ -30,6 +32,24 @@ class Change:
     txid: int | None = None
     committed_at: float | None = None  # seconds since the epoch, when the source knows it
     seq: int = 0
+
+
+# A window crosses to the apply workers as one msgpack blob: Ray's pickling of the Change objects one by one cost the
+# replicator's driver more than parsing them (py-spy, PostgreSQL catch-up: a third of the driver's CPU), while
+# msgspec encodes the same window for about a microsecond a change and the worker decodes it in C.
+_window_encoder = msgspec.msgpack.Encoder()
+_window_decoder = msgspec.msgpack.Decoder(list[Change])
+
+
+def encode_window(changes: Sequence[Change]) -> bytes:
+    """Changes as one blob for another process. Values must be JSON-ready (Change's contract); a Decimal or a date
+    would come back as str, so the round trip is exact only for what the sources give."""
+    return _window_encoder.encode(changes)
+
+
+def decode_window(blob: bytes) -> list[Change]:
+    """The changes `encode_window` was given, equal and in the same order."""
+    return _window_decoder.decode(blob)
 
 
 @dataclass(frozen=True)

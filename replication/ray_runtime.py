@@ -14,8 +14,9 @@ import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 
 from replication.apply import ApplyResult
-from replication.changes import Change
+from replication.changes import Change, decode_window, encode_window
 from replication.errors import PermanentApplyError, ReplicationError, TargetUnavailable
+from replication.gc_pause import collection_paused
 from standby.ray_runtime import release_placement, spread_over_nodes
 
 
@@ -35,9 +36,10 @@ class ApplyWorker:
 
         self.applier = Applier(apply_engine(url))
 
-    def apply(self, stream: str, part: int, changes: list[Change], upto: int) -> ApplyResult | ApplyFailure:
+    def apply(self, stream: str, part: int, window: bytes, upto: int) -> ApplyResult | ApplyFailure:
         try:
-            return self.applier.apply(stream, part, changes, upto)
+            with collection_paused():  # a window's objects live until it is applied (replication.gc_pause)
+                return self.applier.apply(stream, part, decode_window(window), upto)
         except PermanentApplyError as exc:
             return ApplyFailure("permanent", str(exc), exc.change)
         except ReplicationError as exc:
@@ -66,7 +68,8 @@ class ApplyPool:
         ray.get([a.pid.remote() for a in self._actors], timeout=120)
 
     def apply(self, stream: str, windows: dict[int, tuple[Sequence[Change], int]]) -> list[ApplyResult]:
-        refs = [self._actors[p].apply.remote(stream, p, list(changes), upto) for p, (changes, upto) in windows.items()]
+        refs = [self._actors[p].apply.remote(stream, p, encode_window(changes), upto)
+                for p, (changes, upto) in windows.items()]
         try:
             outcomes = ray.get(refs, timeout=self.call_timeout_s)
         except (RayActorError, ObjectLostError, GetTimeoutError) as exc:  # lost: stored on a node that died

@@ -15,6 +15,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 from replication.apply import Applier, ApplyResult
 from replication.changes import Change, ChangeSource
 from replication.errors import SourceUnavailable, TargetUnavailable
+from replication.gc_pause import collection_paused
 from replication.heartbeat import SourceRetired
 from replication.metrics import ReplicationMetrics
 from replication.progress import caught_up
@@ -127,6 +128,10 @@ class Replicator:
     def step(self) -> int:
         """Read one window and apply it. Returns the number of changes applied (0 when caught up)."""
         self._beat()
+        with collection_paused():
+            return self._step()
+
+    def _step(self) -> int:
         after = min(self.positions.values())
         changes = self._read(after)
         if not changes:

@@ -1,0 +1,44 @@
+"""A window's trip to the apply workers (encode_window / decode_window) and the collector held off around it."""
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from replication.changes import Change, ChangeOp, decode_window, encode_window
+from replication.gc_pause import collection_paused
+
+
+def test_a_window_comes_back_equal_in_order_with_every_kind_of_value():
+    window = [
+        Change(10, "declarations", ChangeOp.INSERT, {"base": "10000000001"},
+               {"base": "10000000001", "amendment": 0, "lane": None, "created_at": 1.75e9, "paid": True,
+                "quantity": "12.500", "name": "Hà Nội"}, txid=7, committed_at=1.75e9, seq=0),
+        Change(10, "goods_lines", ChangeOp.UPDATE, {"declaration_base": "10000000001", "line_no": 1},
+               {"declaration_base": "10000000001", "line_no": 1, "value_vnd": 2 ** 62}, seq=1),
+        Change(11, "officers", ChangeOp.DELETE, {"officer_id": "O-1"}, None),
+    ]
+    back = decode_window(encode_window(window))
+    assert back == window
+    assert [type(c.op) for c in back] == [ChangeOp] * 3
+
+
+def test_an_empty_window_comes_back_empty():
+    assert decode_window(encode_window([])) == []
+
+
+def test_the_collector_is_off_inside_and_back_after_an_exception():
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with collection_paused():
+            assert not gc.isenabled()
+            raise RuntimeError("boom")
+    assert gc.isenabled()
+
+
+def test_a_nested_pause_leaves_the_collector_off_for_the_outer_block():
+    with collection_paused():
+        with collection_paused():
+            pass
+        assert not gc.isenabled()
+    assert gc.isenabled()
