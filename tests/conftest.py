@@ -2,9 +2,14 @@
 site served over real HTTP by uvicorn with its Ray workers."""
 from __future__ import annotations
 
+import atexit
 import random
+import shutil
 import socket
+import sqlite3
+import tempfile
 import threading
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,7 +107,8 @@ class SiteDb:
 def make_site_db(tmp: Path, org: OrgData, *, site_id: str = "A", role: SiteRole = SiteRole.PRIMARY,
                  enterprises_count: int = 3000, officers_per_section: int = 3, workers: int = 2,
                  url: str | None = None, site_digit: int = 1) -> SiteDb:
-    url = url or f"sqlite:///{tmp / f'site-{site_id.lower()}.db'}"
+    sqlite_file = None if url else tmp / f"site-{site_id.lower()}.db"
+    url = url or f"sqlite:///{sqlite_file}"
     config = tmp / f"settings-{site_id}.yaml"
     config.write_text(yaml.safe_dump({
         "root": str(REPO), "data_dir": str(tmp),
@@ -112,13 +118,43 @@ def make_site_db(tmp: Path, org: OrgData, *, site_id: str = "A", role: SiteRole 
         "intake": {"call_timeout_s": 20, "call_attempts": 4},
     }))
     settings = load_settings(config)
+    population = (site_id, role, enterprises_count, officers_per_section)
+    if sqlite_file is None:
+        build_site_db(url, org, *population)
+    else:
+        shutil.copyfile(_seeded_sqlite(org, *population), sqlite_file)
+    return SiteDb(settings, site_id, url)
+
+
+def build_site_db(url: str, org: OrgData, site_id: str, role: SiteRole, enterprises_count: int,
+                  officers_per_section: int) -> None:
+    """The site database at `url` (empty) upgraded, initialised as `site_id` in `role` and seeded."""
     upgrade(url)
     engine = make_engine(url)
     init_site(engine, site_id, role, primary_site="A" if role is SiteRole.STANDBY else site_id)
     seed(engine, org, enterprises_count=enterprises_count, officers_per_section=officers_per_section,
          rng_seed=random.Random(site_id).randint(0, 10**6))
     engine.dispose()
-    return SiteDb(settings, site_id, url)
+
+
+_SEEDED: dict[tuple, tuple[OrgData, Path]] = {}
+
+
+def _seeded_sqlite(org: OrgData, *population) -> Path:
+    """A SQLite file as build_site_db leaves it, built once per test process for these arguments: SQLite sites get
+    a copy (building one with 3,000 enterprises costs ~0.7 s, and dozens of tests build one). The file is
+    checkpointed (no WAL beside it), so a copy of the file alone is the whole database."""
+    key = (id(org), *population)
+    if key not in _SEEDED:
+        folder = Path(tempfile.mkdtemp(prefix="seeded-sites-"))
+        atexit.register(shutil.rmtree, folder, True)
+        built = folder / "site.db"
+        build_site_db(f"sqlite:///{built}", org, *population)
+        with closing(sqlite3.connect(built)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert not built.with_name("site.db-wal").exists() or not built.with_name("site.db-wal").stat().st_size
+        _SEEDED[key] = (org, built)  # the org object kept, so its id is not reused for another
+    return _SEEDED[key][1]
 
 
 @pytest.fixture
