@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import tempfile
 import threading
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,9 @@ def make_site_db(tmp: Path, org: OrgData, *, site_id: str = "A", role: SiteRole 
     if sqlite_file is None:
         build_site_db(url, org, *population)
     else:
-        shutil.copyfile(_seeded_sqlite(org, *population), sqlite_file)
+        # seeding 3,000 enterprises costs ~0.7 s, and dozens of tests make a site
+        built = built_once(("site", id(org), *population), lambda at: build_site_db(at, org, *population), keep=org)
+        shutil.copyfile(built, sqlite_file)
     return SiteDb(settings, site_id, url)
 
 
@@ -137,24 +140,25 @@ def build_site_db(url: str, org: OrgData, site_id: str, role: SiteRole, enterpri
     engine.dispose()
 
 
-_SEEDED: dict[tuple, tuple[OrgData, Path]] = {}
+_BUILT: dict[tuple, tuple[object, Path]] = {}
 
 
-def _seeded_sqlite(org: OrgData, *population) -> Path:
-    """A SQLite file as build_site_db leaves it, built once per test process for these arguments: SQLite sites get
-    a copy (building one with 3,000 enterprises costs ~0.7 s, and dozens of tests build one). The file is
-    checkpointed (no WAL beside it), so a copy of the file alone is the whole database."""
-    key = (id(org), *population)
-    if key not in _SEEDED:
-        folder = Path(tempfile.mkdtemp(prefix="seeded-sites-"))
+def built_once(key: tuple, build: Callable[[str], None], keep: object = None) -> Path:
+    """The SQLite file `build(url)` makes, built once per test process for `key`, for tests to copy: a copy costs
+    milliseconds where building costs seconds (migrations, seeding). The file is checkpointed (no WAL beside it), so
+    a copy of the file alone is the whole database. `keep`: an object `key` names by id, kept alive with the file so
+    that id is never another object's."""
+    if key not in _BUILT:
+        folder = Path(tempfile.mkdtemp(prefix="built-once-"))
         atexit.register(shutil.rmtree, folder, True)
-        built = folder / "site.db"
-        build_site_db(f"sqlite:///{built}", org, *population)
+        built = folder / "built.db"
+        build(f"sqlite:///{built}")
         with closing(sqlite3.connect(built)) as conn:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        assert not built.with_name("site.db-wal").exists() or not built.with_name("site.db-wal").stat().st_size
-        _SEEDED[key] = (org, built)  # the org object kept, so its id is not reused for another
-    return _SEEDED[key][1]
+        wal = built.with_name("built.db-wal")
+        assert not wal.exists() or not wal.stat().st_size, "the database is not all in its file"
+        _BUILT[key] = (keep, built)
+    return _BUILT[key][1]
 
 
 @pytest.fixture
