@@ -219,6 +219,13 @@ class PgChangeSource:
             except SourceUnavailable:
                 stream.broken = True  # the walsender is gone: the next read starts the stream again
                 raise
+            # What the standby holds is not read again: free it now rather than at the next read, while the
+            # collector is still held off (replication.gc_pause). A read under way (read-ahead) frees it itself.
+            if self._reading.acquire(blocking=False):
+                try:
+                    self._drop_pending(position)
+                finally:
+                    self._reading.release()
             return
         with self._guard("acknowledge"), self._auto.connect() as conn:
             if lsn_to_int(self._slot(conn).confirmed) < position:
@@ -339,8 +346,7 @@ class PgChangeSource:
             if fresh:
                 self._start_stream(after)
             self._floor = after
-            while self._pending and self._pending[0][0] <= after:
-                self._pending_changes -= len(self._pending.popleft()[1])
+            self._drop_pending(after)
             try:
                 self._receive(limit)
                 return
@@ -349,6 +355,10 @@ class PgChangeSource:
                 if fresh:
                     raise self._stream_failure(exc, "read changes") from exc
         raise AssertionError("unreachable: the second pass starts a fresh stream")
+
+    def _drop_pending(self, upto: int) -> None:
+        while self._pending and self._pending[0][0] <= upto:
+            self._pending_changes -= len(self._pending.popleft()[1])
 
     def _start_stream(self, after: int) -> None:
         """(Re)start the stream at the slot's confirmed position; what was received before is dropped (the
