@@ -169,11 +169,14 @@ def sqlite_pair(workdir: Path, org, tariff, rules) -> Pair:
 
 # --- PostgreSQL: our replicator beside PostgreSQL's native logical replication, on the same workload -----------------
 
-def pg_clusters(log: Log):
-    """Two throwaway clusters (primary with wal_level=logical, standby), the settings the tests use."""
+def pg_clusters(log: Log, primary_commit: str = "on"):
+    """Two throwaway clusters (primary with wal_level=logical, standby), the settings the tests use, but for the
+    primary's synchronous_commit (`primary_commit`): with it off, a commit reaches logical decoding only once the
+    WAL writer flushes it (every wal_writer_delay, 200 ms), which then sets most of the lag."""
     from standby.store.pg_cluster import PgCluster
 
-    clusters = [PgCluster(name=n).start() for n in ("bench-primary", "bench-standby")]
+    clusters = [PgCluster(name="bench-primary", settings={"synchronous_commit": primary_commit}).start(),
+                PgCluster(name="bench-standby").start()]
     log(f"  clusters on ports {clusters[0].port} and {clusters[1].port}")
     return clusters
 

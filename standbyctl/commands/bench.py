@@ -95,11 +95,16 @@ def _cpus() -> int:
 @click.option("--read-ahead/--no-read-ahead", default=None,
               help="read the next window while the workers apply the current one (default: as the source prefers, "
                    "on for SQLite, off for PostgreSQL)")
+@click.option("--primary-commit", type=click.Choice(["on", "off"]), default="on", show_default=True,
+              help="PostgreSQL: the primary's synchronous_commit. 'on' as a production primary runs (a commit is "
+                   "flushed, hence decodable, when it returns); 'off' as the test clusters run, where a commit "
+                   "reaches the decoder only at the WAL writer's next flush (every 200 ms), which then sets most "
+                   "of the lag")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write the results as JSON here")
 @pass_cli
 def replication(cli: CliContext, declarations: int, partitions: int, window: int, lag_seconds: float,
                 lag_multiplier: float, enterprises_count: int, backends: str, read_ahead: bool | None,
-                out: Path | None) -> None:
+                primary_commit: str, out: Path | None) -> None:
     """Catch-up apply rate (row changes/s) from a backlog of over a million row changes, SQLite → SQLite and
     PostgreSQL → PostgreSQL beside PostgreSQL's native logical replication on the same workload, and the replication
     delay p50/p99 while intake runs at 3x design. Uses its own databases under var/bench/replication."""
@@ -120,7 +125,7 @@ def replication(cli: CliContext, declarations: int, partitions: int, window: int
     results: dict = {"run": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              "machine": f"{platform.node()} {platform.machine()} {_cpus()} cores",
                              "declarations": declarations, "partitions": partitions, "window": window,
-                             "read_ahead": read_ahead}}
+                             "read_ahead": read_ahead, "primary_synchronous_commit": primary_commit}}
     chosen = [b.strip() for b in backends.split(",") if b.strip()]
     if not chosen or any(b not in ("sqlite", "postgres") for b in chosen):
         fail("--backends takes 'sqlite' and/or 'postgres'", 2)
@@ -150,7 +155,7 @@ def replication(cli: CliContext, declarations: int, partitions: int, window: int
         results["sqlite"] = ours("SQLite → SQLite", sqlite_pair(
             settings.path(settings.data_dir) / "bench" / "replication", org, tariff, rules))
     if "postgres" in chosen:
-        clusters = pg_clusters(click.echo)
+        clusters = pg_clusters(click.echo, primary_commit)
         try:
             clusters[0].create_database("ours_a")
             clusters[1].create_database("ours_b")
