@@ -57,7 +57,7 @@ class Applier:
         self.engine, self.clock = engine, clock
         self._dialect = sqlite if is_sqlite(engine) else postgresql
         self._coercers = {name: _coercer(t) for name, t in metadata.tables.items()}
-        self._statements: dict[tuple[str, bool], tuple[str, list[str]]] = {}
+        self._statements: dict[tuple[str, bool | str], tuple] = {}  # (table, delete or "bulk") -> SQL
         self._moves_cache: Moves | None = None
 
     def positions(self, stream: str) -> dict[int, int]:
@@ -161,8 +161,7 @@ class Applier:
         pk = [c.name for c in table.primary_key.columns]
         latest = {tuple(c.row[n] for n in pk): c.row for c in group}
         names = [c.name for c in table.columns]
-        columns = ", ".join(_quote(n) for n in names)
-        stage, upsert = self._bulk_sql(table)
+        stage, upsert, copy_in, copy_stage = self._bulk_sql(table)
         with conn.connection.driver_connection.cursor() as cur:
             if len(latest) == len(group) and all(c.op is ChangeOp.INSERT for c in group):
                 # Rows new to the primary are almost always new here too (a catch-up's backlog): straight into the
@@ -170,17 +169,18 @@ class Applier:
                 # crash, a snapshot's overlap) refuses the whole COPY, which then goes the upsert's way.
                 cur.execute("SAVEPOINT replication_copy")
                 try:
-                    _copy_rows(cur, f"COPY {_quote(table.name)} ({columns}) FROM STDIN", latest.values(), names)
+                    _copy_rows(cur, copy_in, latest.values(), names)
                     cur.execute("RELEASE SAVEPOINT replication_copy")
                     return
                 except psycopg.errors.UniqueViolation:
                     cur.execute("ROLLBACK TO SAVEPOINT replication_copy")
             cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {_quote(table.name)}) ON COMMIT DELETE ROWS")
-            _copy_rows(cur, f"COPY {stage} ({columns}) FROM STDIN", latest.values(), names)
+            _copy_rows(cur, copy_stage, latest.values(), names)
             cur.execute(upsert)
             cur.execute(f"TRUNCATE {stage}")  # the next run of this table in the same transaction starts empty
 
-    def _bulk_sql(self, table: Table) -> tuple[str, str]:
+    def _bulk_sql(self, table: Table) -> tuple[str, str, str, str]:
+        """(staging table, upsert from it, COPY into the table, COPY into the staging table), made once a table."""
         key = (table.name, "bulk")
         if key not in self._statements:
             stage = _quote(f"replication_stage_{table.name}")
@@ -188,7 +188,9 @@ class Applier:
             columns = ", ".join(_quote(n) for n in names)
             conflict = sql[sql.index(" ON CONFLICT"):]
             self._statements[key] = (stage, f"INSERT INTO {_quote(table.name)} ({columns}) SELECT {columns} "
-                                            f"FROM {stage}{conflict}")
+                                            f"FROM {stage}{conflict}",
+                                     f"COPY {_quote(table.name)} ({columns}) FROM STDIN",
+                                     f"COPY {stage} ({columns}) FROM STDIN")
         return self._statements[key]
 
     def _sql(self, table: Table, delete: bool) -> tuple[str, list[str]]:

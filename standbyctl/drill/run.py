@@ -31,8 +31,8 @@ from standbyctl.bench_switchover import (LedgerCheck, count_events, hold_delta, 
 from standbyctl.bench_switchover_deploy import Deployment, deploy, site_url, stop_leftovers, terminate
 from standbyctl.drill.plan import DrillStep, StepKind, StepStatus, drill_plan
 from standbyctl.drill.sampler import Sampler
-from standbyctl.token_reload import wait_until_accepted
 from standbyctl.drill.sites import EmbeddedSites, RunningSites, SitesUnfit, check_running
+from standbyctl.token_reload import wait_until_accepted
 
 WATCH_WAIT_S = 60.0  # the kill to a watch's failover run ended: the lease (seconds) and the run (about one)
 GRACE_S = 2.0  # after a freeze or a failover gap: held writes released, answers on their way
