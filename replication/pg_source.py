@@ -220,7 +220,7 @@ class PgChangeSource:
                 stream.broken = True  # the walsender is gone: the next read starts the stream again
                 raise
             # What the standby holds is not read again: free it now rather than at the next read, while the
-            # collector is still held off (replication.gc_pause). A read under way (read-ahead) frees it itself.
+            # collector is still held off (standby.heap). A read under way (read-ahead) frees it itself.
             if self._reading.acquire(blocking=False):
                 try:
                     self._drop_pending(position)

@@ -16,7 +16,7 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 from replication.apply import ApplyResult
 from replication.changes import Change, decode_window, encode_window
 from replication.errors import PermanentApplyError, ReplicationError, TargetUnavailable
-from replication.gc_pause import collection_paused
+from standby.heap import collection_paused, freeze_startup_heap
 from standby.ray_runtime import release_placement, spread_over_nodes
 
 
@@ -35,10 +35,11 @@ class ApplyWorker:
         from replication.apply import Applier, apply_engine
 
         self.applier = Applier(apply_engine(url))
+        freeze_startup_heap()
 
     def apply(self, stream: str, part: int, window: bytes, upto: int) -> ApplyResult | ApplyFailure:
         try:
-            with collection_paused():  # a window's objects live until it is applied (replication.gc_pause)
+            with collection_paused():  # a window's objects live until it is applied (standby.heap)
                 return self.applier.apply(stream, part, decode_window(window), upto)
         except PermanentApplyError as exc:
             return ApplyFailure("permanent", str(exc), exc.change)

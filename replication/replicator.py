@@ -15,7 +15,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 from replication.apply import Applier, ApplyResult
 from replication.changes import Change, ChangeSource
 from replication.errors import SourceUnavailable, TargetUnavailable
-from replication.gc_pause import collection_paused
+from standby.heap import collection_paused
 from replication.heartbeat import SourceRetired
 from replication.metrics import ReplicationMetrics
 from replication.progress import caught_up

@@ -24,6 +24,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from standby.clearance.commands import Command, Outcome, refused
+from standby.heap import freeze_startup_heap
 from standby.placement import ClusterNode, sqlite_out_of_reach
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class ClearanceWorker:
             make_engine(spec.database_url, pool_size=2), spec.site_id, spec.site_digit, load_tariff(spec.tariffs),
             load_risk_rules(spec.risk_rules), block_size=spec.number_block_size,
         )
+        freeze_startup_heap()
 
     def process(self, commands: list[Command]) -> tuple[str, list[Outcome]]:
         from standby.clearance.pipeline import StoreUnavailable

@@ -22,6 +22,7 @@ from standby.clearance.commands import Command, Outcome, partition_for
 from standby.clearance.pipeline import ClearancePipeline
 from standby.domain.risk import load_risk_rules
 from standby.domain.tariff import load_tariff
+from standby.heap import freeze_startup_heap
 from standby.lease import LeaseKeeper, Renew
 from standby.ray_runtime import WorkerPool, WorkerSpec
 from standby.settings import Settings
@@ -174,11 +175,13 @@ def serve_on_sockets(app: FastAPI, sockets: list) -> None:
     # instead, the process returns from here and closes the site; its supervisor sends the SIGTERM.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
+    freeze_startup_heap()
     server.run(sockets=sockets)
 
 
 def run_forever(app: FastAPI, host: str, port: int) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (uvicorn handles both and drains in-flight requests)."""
+    freeze_startup_heap()
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, lifespan="on",
                 timeout_keep_alive=KEEP_ALIVE_S)
 

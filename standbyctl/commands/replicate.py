@@ -20,6 +20,7 @@ from replication.sources import check_revisions, open_source, stream_name, strea
 from replication.streams import retire_stream
 from replication.verify import verify as verify_tables
 from standby.domain.states import SiteRole
+from standby.heap import freeze_startup_heap
 from standby.ray_runtime import database_out_of_reach, ensure_ray, shutdown_ray
 from standby.store.site import read_control
 
@@ -113,6 +114,7 @@ def _stream(cli: CliContext, replicator: Replicator, standby, stop: threading.Ev
         _stopped(replicator)
         return
     _report_while(replicator, replicator.metrics, stop)
+    freeze_startup_heap()
     if replicator.run(stop) is not None:
         source_site, target_site = stream_sites(stream)
         retire_stream(cli.settings.database_url(source_site), cli.settings.database_url(target_site), stream)

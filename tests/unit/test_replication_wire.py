@@ -6,7 +6,7 @@ import gc
 import pytest
 
 from replication.changes import Change, ChangeOp, decode_window, encode_window
-from replication.gc_pause import collection_paused
+from standby.heap import collection_paused
 
 
 def test_a_window_comes_back_equal_in_order_with_every_kind_of_value():
