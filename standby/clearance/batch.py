@@ -18,6 +18,38 @@ from standby.store.schema import (
 
 DECLARATION_COLUMNS = [c.name for c in declarations.columns]
 
+# Every statement of a batch is built once, here: a batch at the knee's rates carries one or two commands, so
+# building ~10 statements per transaction was most of a ClearanceWorker's CPU (SQLAlchemy's coercions and cache
+# keys; see standby.store.reads). IN lists are expanding parameters.
+_DECLARATIONS = select(declarations).where(declarations.c.base.in_(bindparam("bases", expanding=True)))
+_DECLARATIONS_LOCKED = _DECLARATIONS.with_for_update()
+_LINE_FACTS = select(goods_lines.c.declaration_base, goods_lines.c.hs_code, goods_lines.c.origin).where(
+    goods_lines.c.declaration_base.in_(bindparam("bases", expanding=True)))
+_ENTERPRISES = select(enterprises).where(enterprises.c.tax_code.in_(bindparam("tax_codes", expanding=True)))
+_ROTATION = select(officer_rotation.c.next_position).where(
+    officer_rotation.c.office_code == bindparam("office"), officer_rotation.c.section == bindparam("section"))
+_ROTATION_LOCKED = _ROTATION.with_for_update()
+_INSERT_DECLARATIONS = insert(declarations)
+_UPDATE_DECLARATIONS = update(declarations).where(declarations.c.base == bindparam("b_base")).values(
+    {c: bindparam(c) for c in DECLARATION_COLUMNS if c != "base"})
+_DELETE_LINES = delete(goods_lines).where(goods_lines.c.declaration_base.in_(bindparam("bases", expanding=True)))
+_INSERT_LINES = insert(goods_lines)
+_INSERT_ASSIGNMENTS = insert(officer_assignments)
+_DECIDE_ASSIGNMENTS = (
+    update(officer_assignments)
+    .where(officer_assignments.c.declaration_base == bindparam("b_base"),
+           officer_assignments.c.amendment == bindparam("b_amendment"))
+    .values(decision=bindparam("decision"), decision_note=bindparam("decision_note"),
+            decided_at=bindparam("decided_at"))
+)
+_SET_ROTATION = update(officer_rotation).where(
+    officer_rotation.c.office_code == bindparam("office"), officer_rotation.c.section == bindparam("b_section")
+).values(next_position=bindparam("value"))
+_NEW_ROTATION = insert(officer_rotation).values(office_code=bindparam("office"), section=bindparam("b_section"),
+                                                next_position=bindparam("value"))
+_INSERT_IDEMPOTENCY = insert(idempotency_keys)
+_INSERT_AUDIT = insert(audit_log)
+
 
 @dataclass
 class BatchWrites:
@@ -42,28 +74,21 @@ class BatchWrites:
         self.lock = lock
         bases, tax_codes = sorted(set(bases)), set(tax_codes)
         if bases:
-            query = select(declarations).where(declarations.c.base.in_(bases))
-            if lock:
-                query = query.with_for_update()
-            for row in conn.execute(query).mappings():
+            for row in conn.execute(_DECLARATIONS_LOCKED if lock else _DECLARATIONS, {"bases": bases}).mappings():
                 self.declarations[row["base"]] = dict(row)
                 tax_codes.add(row["enterprise_tax_code"])
-            lines = select(goods_lines.c.declaration_base, goods_lines.c.hs_code, goods_lines.c.origin).where(
-                goods_lines.c.declaration_base.in_(bases)
-            )
-            for base, hs_code, origin in conn.execute(lines):
+            for base, hs_code, origin in conn.execute(_LINE_FACTS, {"bases": bases}):
                 self.line_facts.setdefault(base, []).append((hs_code, origin))
         if tax_codes:
-            rows = conn.execute(select(enterprises).where(enterprises.c.tax_code.in_(sorted(tax_codes)))).mappings()
+            rows = conn.execute(_ENTERPRISES, {"tax_codes": sorted(tax_codes)}).mappings()
             self.enterprises.update({r["tax_code"]: dict(r) for r in rows})
 
     def next_rotation(self, conn: Connection, office: str, section: str) -> int:
         key = (office, section)
         if key not in self.rotation:
-            query = select(officer_rotation.c.next_position).where(
-                officer_rotation.c.office_code == office, officer_rotation.c.section == section)
             # Two workers may serve one office while partitions move; the lock keeps them from sharing a turn.
-            stored = conn.execute(query.with_for_update() if self.lock else query).scalar()
+            stored = conn.execute(_ROTATION_LOCKED if self.lock else _ROTATION,
+                                  {"office": office, "section": section}).scalar()
             self.rotation[key] = stored or 0
         return self.rotation[key]
 
@@ -74,44 +99,28 @@ class BatchWrites:
     def flush(self, conn: Connection) -> None:
         new = set(self.new_bases)
         if self.new_bases:
-            conn.execute(insert(declarations), [self.declarations[b] for b in self.new_bases])
+            conn.execute(_INSERT_DECLARATIONS, [self.declarations[b] for b in self.new_bases])
         changed = [self.declarations[b] for b in sorted(self.changed_bases - new)]
         if changed:
-            params = [{**row, "b_base": row["base"]} for row in changed]
-            setters = {c: bindparam(c) for c in DECLARATION_COLUMNS if c != "base"}
-            conn.execute(update(declarations).where(declarations.c.base == bindparam("b_base")).values(setters), params)
+            conn.execute(_UPDATE_DECLARATIONS, [{**row, "b_base": row["base"]} for row in changed])
         amended = sorted(set(self.replaced_lines) - new)
         if amended:
-            conn.execute(delete(goods_lines).where(goods_lines.c.declaration_base.in_(amended)))
+            conn.execute(_DELETE_LINES, {"bases": amended})
         all_lines = [line for lines in self.replaced_lines.values() for line in lines]
         if all_lines:
-            conn.execute(insert(goods_lines), all_lines)
+            conn.execute(_INSERT_LINES, all_lines)
         if self.new_assignments:
-            conn.execute(insert(officer_assignments), self.new_assignments)
+            conn.execute(_INSERT_ASSIGNMENTS, self.new_assignments)
         if self.decided_assignments:
-            conn.execute(
-                update(officer_assignments)
-                .where(
-                    officer_assignments.c.declaration_base == bindparam("b_base"),
-                    officer_assignments.c.amendment == bindparam("b_amendment"),
-                )
-                .values(decision=bindparam("decision"), decision_note=bindparam("decision_note"),
-                        decided_at=bindparam("decided_at")),
-                self.decided_assignments,
-            )
+            conn.execute(_DECIDE_ASSIGNMENTS, self.decided_assignments)
         self._flush_rotation(conn)
         if self.idempotency:
-            conn.execute(insert(idempotency_keys), self.idempotency)
+            conn.execute(_INSERT_IDEMPOTENCY, self.idempotency)
         if self.audit:
-            conn.execute(insert(audit_log), self.audit)
+            conn.execute(_INSERT_AUDIT, self.audit)
 
     def _flush_rotation(self, conn: Connection) -> None:
         for office, section in sorted(self.rotation_changed):
-            value = self.rotation[(office, section)]
-            done = conn.execute(
-                update(officer_rotation)
-                .where(officer_rotation.c.office_code == office, officer_rotation.c.section == section)
-                .values(next_position=value)
-            ).rowcount
-            if not done:
-                conn.execute(insert(officer_rotation).values(office_code=office, section=section, next_position=value))
+            params = {"office": office, "b_section": section, "value": self.rotation[(office, section)]}
+            if not conn.execute(_SET_ROTATION, params).rowcount:
+                conn.execute(_NEW_ROTATION, params)

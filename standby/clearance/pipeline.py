@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection, Engine, and_, or_, select
+from sqlalchemy import Connection, Engine, and_, bindparam, or_, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -25,6 +25,15 @@ from standby.store.engine import is_sqlite
 from standby.intake_gate import HOLD_CODE, REFUSAL_CODES, GateDecision, decide
 from standby.store.schema import idempotency_keys
 from standby.store.site import lock_control_for_batch
+
+# Both IN lists on the primary key (principal, key): SQLite and PostgreSQL search the index for each pair of the
+# cross product; a pair no command asked for is dropped after reading. Built once (see standby.clearance.batch), for
+# the small batches of moderate rates; past CROSS_PRODUCT_MAX probes an OR of (principal = ? AND key IN ...) per
+# principal, which probes once per command (a row-value IN would scan the table on SQLite).
+CROSS_PRODUCT_MAX = 64
+_STORED_ANSWERS = select(idempotency_keys).where(
+    idempotency_keys.c.principal.in_(bindparam("principals", expanding=True)),
+    idempotency_keys.c.key.in_(bindparam("keys", expanding=True)))
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +160,21 @@ class ClearancePipeline:
         return outcome
 
     def _stored_answers(self, conn: Connection, commands: Sequence[Command]) -> dict:
-        by_principal: dict[str, set[str]] = {}
-        for c in commands:
-            by_principal.setdefault(c.principal.key, set()).add(c.idempotency_key)
-        # OR of (principal = ? AND key IN ...) uses the primary key on SQLite; a row-value IN scans the table.
-        t = idempotency_keys.c
-        rows = conn.execute(select(idempotency_keys).where(or_(
-            *(and_(t.principal == p, t.key.in_(sorted(keys))) for p, keys in sorted(by_principal.items()))
-        ))).mappings()
+        wanted = {(c.principal.key, c.idempotency_key) for c in commands}
+        principals, keys = sorted({p for p, _ in wanted}), sorted({k for _, k in wanted})
+        if len(principals) * len(keys) <= CROSS_PRODUCT_MAX:
+            rows = conn.execute(_STORED_ANSWERS, {"principals": principals, "keys": keys}).mappings()
+        else:  # a large batch of many principals: one probe per command, in a statement built for this batch
+            by_principal: dict[str, list[str]] = {}
+            for p, k in sorted(wanted):
+                by_principal.setdefault(p, []).append(k)
+            t = idempotency_keys.c
+            rows = conn.execute(select(idempotency_keys).where(or_(
+                *(and_(t.principal == p, t.key.in_(ks)) for p, ks in by_principal.items())))).mappings()
         answers = {}
         for row in rows:
+            if (row["principal"], row["key"]) not in wanted:  # another principal's key of the same name
+                continue
             body = json.loads(row["response"])
             answers[(row["principal"], row["key"])] = (row["request_hash"], Outcome(row["status"], body,
                                                                                     lane=body.get("lane")))

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from sqlalchemy import Connection, Engine, insert, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from standby.domain.errors import DomainError, StaleEpoch
@@ -81,9 +81,13 @@ def lock_control_for_batch(conn: Connection, site_id: str) -> SiteControl | None
     return _read(conn, site_id, share=not is_sqlite(conn.engine))
 
 
+# Built once: every clearance batch starts with this read (see standby.store.reads on what building once saves).
+_CONTROL = select(site_control).where(site_control.c.site_id == bindparam("site_id"))
+_CONTROL_SHARED = _CONTROL.with_for_update(read=True)
+
+
 def _read(conn: Connection, site_id: str, *, share: bool = False) -> SiteControl | None:
-    query = select(site_control).where(site_control.c.site_id == site_id)
-    row = conn.execute(query.with_for_update(read=True) if share else query).mappings().first()
+    row = conn.execute(_CONTROL_SHARED if share else _CONTROL, {"site_id": site_id}).mappings().first()
     if row is None:
         return None
     return SiteControl(row["site_id"], SiteRole(row["role"]), row["epoch"], IntakeState(row["intake_state"]),

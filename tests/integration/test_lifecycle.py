@@ -6,8 +6,8 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from standby.clearance.commands import Command, Op
-from standby.clearance.pipeline import ClearancePipeline
+from standby.clearance.commands import Command, Op, Principal, Role
+from standby.clearance.pipeline import CROSS_PRODUCT_MAX, ClearancePipeline
 from standby.domain.states import IntakeState, Kind, SiteRole
 from standby.store.schema import audit_log, declarations, goods_lines, idempotency_keys, officer_assignments
 from standby.store.site import set_intake
@@ -139,6 +139,33 @@ def test_a_retried_command_returns_the_first_answer_and_writes_nothing_more(site
     assert len(rows(site, declarations, declarations.c.enterprise_tax_code == tax_code)) == 1
     other_body = desk.one(Op.PRE_DECLARE, desk.payload(tax_code), key="same-key")
     assert other_body.status == 422 and other_body.body["error"]["code"] == "idempotency_key_reused"
+
+
+def test_two_principals_with_the_same_key_each_get_their_own_answer(site, desk):
+    # The small-batch lookup reads the cross product of principals and keys: here it reads p2's record of key "a"
+    # while p1 sends key "a" for the first time, which must not be answered from p2's record.
+    first, second = site.active_enterprises(2)
+    p1, p2 = Principal(Role.DECLARANT, first), Principal(Role.DECLARANT, second)
+    earlier = desk.pipeline.process([Command(Op.PRE_DECLARE, p2, "a", desk.payload(second), "01CA")])[0]
+    own, other = desk.pipeline.process([Command(Op.PRE_DECLARE, p1, "a", desk.payload(first), "01CA"),
+                                        Command(Op.PRE_DECLARE, p2, "b", desk.payload(second), "01CA")])
+    assert earlier.status == own.status == other.status == 201
+    assert not own.replayed and own.body["enterprise_tax_code"] == first
+    assert len({earlier.body["number"], own.body["number"], other.body["number"]}) == 3
+
+
+@pytest.mark.parametrize("declarants", [2, 40])  # below and above CROSS_PRODUCT_MAX probes
+def test_a_replayed_batch_answers_every_command_from_its_own_record(site, desk, declarants):
+    tax_codes = site.active_enterprises(declarants)
+    batch = [Command(Op.PRE_DECLARE, Principal(Role.DECLARANT, tax_codes[i % declarants]), f"replay-{i}",
+                     desk.payload(tax_codes[i % declarants]), "01CA") for i in range(declarants * 2)]
+    assert (declarants * len(batch) <= CROSS_PRODUCT_MAX) == (declarants == 2)
+    first = desk.pipeline.process(batch)
+    again = desk.pipeline.process(batch)
+    assert all(o.status == 201 for o in first)
+    assert [o.body for o in again] == [o.body for o in first] and all(o.replayed for o in again)
+    stored = rows(site, declarations, declarations.c.enterprise_tax_code.in_(tax_codes))
+    assert len(stored) == len(batch)
 
 
 def test_refusals_write_nothing_but_their_idempotency_record(site, desk):
