@@ -96,6 +96,7 @@ class Replicator:
         self.delays: list[float] | None = None  # set to a list to keep every change's commit-to-apply delay
         self.retired: SourceRetired | None = None
         self.finished: StreamFinished | None = None
+        self.read_everything = False  # the last read returned less than a window: nothing more was there
         self._last_heartbeat = float("-inf")
         self._last_slot_check = float("-inf")
         self._newest_commit_at: float | None = None
@@ -134,6 +135,7 @@ class Replicator:
     def _step(self) -> int:
         after = min(self.positions.values())
         changes = self._read(after)
+        self.read_everything = len(changes) < self.o.window
         if not changes:
             self._show_lag(caught_up=True)
             return 0
@@ -176,11 +178,15 @@ class Replicator:
         """Stream until `stop` is set (None) or the source has retired and everything it committed is applied."""
         while not stop.is_set():
             applied = self._retrying(self.step)
-            if not applied:
-                if self._retrying(lambda: stream_done(self.retired, self.applied_position, self.source.committed)):
-                    self.finished = StreamFinished(self.o.stream, self.retired, self.applied_position)
-                    log.info("%s", self.finished.describe())
-                    return self.finished
+            if not applied and self._retrying(
+                    lambda: stream_done(self.retired, self.applied_position, self.source.committed)):
+                self.finished = StreamFinished(self.o.stream, self.retired, self.applied_position)
+                log.info("%s", self.finished.describe())
+                return self.finished
+            # Caught up, also when the last read took a few changes: the next read waits for more to gather. Read
+            # again at once, a steady load became a stream of tiny windows, each a Ray call and a transaction per
+            # apply worker: at 12x design the replicator and its apply workers used 34-43% of a core.
+            if self.read_everything:
                 stop.wait(self.o.idle_sleep_s)
         return None
 

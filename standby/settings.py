@@ -72,7 +72,8 @@ class ReplicationSettings(_Strict):
     metrics_port: int = Field(9464, ge=0, le=65535,
                               description="where that replicator serves /metrics (Prometheus scrapes 9464); 0: none")
     idle_sleep_ms: float = Field(20.0, ge=0, le=10_000,
-                                 description="how long a caught-up replicator (standbyctl replicate) waits before it "
+                                 description="how long a caught-up replicator (standbyctl replicate; caught up: "
+                                             "its last read returned less than a window) waits before it "
                                              "reads the primary again: the floor of the standby's delay, and so of "
                                              "every acknowledgement in synchronous mode (on average half of it)")
 

@@ -7,6 +7,8 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
+from replication.apply import ApplyResult
+from replication.changes import Change, ChangeOp
 from replication.errors import SourceUnavailable
 from replication.heartbeat import SourceRetired, serving_primary
 from replication.metrics import ReplicationMetrics
@@ -233,4 +235,55 @@ def test_run_does_not_finish_while_the_standby_is_behind_the_retired_source():
         return original()
     source.committed = committed
     assert replicator.run(stop) is None and replicator.finished is None
+    replicator.close()
+
+
+class ScriptedSource(IdleSource):
+    """Returns the scripted reads in turn, then nothing."""
+
+    def __init__(self, reads: list[list[Change]]):
+        super().__init__(committed=0)
+        self.reads = list(reads)
+
+    def read(self, after: int, limit: int) -> list:
+        return self.reads.pop(0) if self.reads else []
+
+
+class ApplyingPool:
+    def apply(self, stream: str, windows: dict) -> list[ApplyResult]:
+        return [ApplyResult(part, upto, len(share), None, None, 0.0) for part, (share, upto) in windows.items()]
+
+
+class CountedStop(threading.Event):
+    """Records each wait of the run loop (with the reads still scripted then) and stops it after `waits` waits."""
+
+    def __init__(self, source: ScriptedSource, waits: int):
+        super().__init__()
+        self.source, self.left, self.waited_with_reads_left = source, waits, []
+
+    def wait(self, timeout=None) -> bool:
+        self.waited_with_reads_left.append(len(self.source.reads))
+        self.left -= 1
+        if self.left <= 0:
+            self.set()
+        return self.is_set()
+
+
+def change(position: int) -> Change:
+    return Change(position, "declarations", ChangeOp.INSERT, {"base": str(position)}, {"base": str(position)})
+
+
+def test_a_read_shorter_than_a_window_means_caught_up_and_the_next_read_waits():
+    full = [change(p) for p in range(1, 5)]  # a full window of 4
+    source = ScriptedSource([full, [change(5), change(6)], [change(7)]])
+    options = ReplicatorOptions("A-to-B", partitions=2, window=4, idle_sleep_s=0.02, heartbeat_interval_s=1.0)
+    replicator = Replicator(source, ApplyingPool(), StoredPositions({0: 0, 1: 0}), options,
+                            ReplicationMetrics("A-to-B"), clock=lambda: 0.0)
+    assert replicator.start() is False
+    stop = CountedStop(source, waits=3)
+    assert replicator.run(stop) is None
+    # After the full window the next read came at once (no wait with two reads left); after each short one, and
+    # after the empty one, the loop waited.
+    assert stop.waited_with_reads_left == [1, 0, 0]
+    assert replicator.applied_position == 7
     replicator.close()
