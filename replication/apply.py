@@ -8,7 +8,8 @@ from datetime import date
 from decimal import Decimal
 
 import psycopg
-from sqlalchemy import Boolean, Date, Engine, Float, Integer, Numeric, Table, delete, event, select, text, update
+from sqlalchemy import (Boolean, Date, Engine, Float, Integer, Numeric, Table, bindparam, delete, event, select, text,
+                        update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -22,6 +23,20 @@ from standby.store.schema import metadata, replication_state
 
 # From this many upserts in a run, PostgreSQL gets them through COPY and one INSERT ... SELECT (`_bulk_upsert`).
 BULK_MIN_ROWS = 64
+
+# Built once: a replicator keeping up with a steady load applies many small windows, each paying these statements
+# (see standby.clearance.batch on what building them per call cost).
+_CAPTURE = text("UPDATE capture_txn SET capture = :on WHERE id = 1")
+_POSITION_VALUES = {"position": bindparam("b_position"), "applied_at": bindparam("b_applied_at")}
+_NEW_POSITION = replication_state.insert().values(
+    stream=bindparam("b_stream"), part=bindparam("b_part"), changes=bindparam("b_count"),
+    heartbeat_at=bindparam("b_heartbeat"), **_POSITION_VALUES)
+_MOVE_POSITION = (
+    update(replication_state)
+    .where(replication_state.c.stream == bindparam("b_stream"), replication_state.c.part == bindparam("b_part"))
+    .values(changes=replication_state.c.changes + bindparam("b_count"), **_POSITION_VALUES)
+)
+_MOVE_POSITION_AND_BEAT = _MOVE_POSITION.values(heartbeat_at=bindparam("b_heartbeat"))
 
 
 @dataclass(frozen=True)
@@ -126,19 +141,15 @@ class Applier:
         """SQLite only: what the applier writes is the primary's history, so the standby's capture triggers skip
         it. Switched off and on inside the applier's own transaction, so no other connection ever sees it off."""
         if is_sqlite(self.engine):
-            conn.execute(text("UPDATE capture_txn SET capture = :on WHERE id = 1"), {"on": int(on)})
+            conn.execute(_CAPTURE, {"on": int(on)})
 
     def _store_position(self, conn, stream, part, position, count, heartbeat, now, new: bool) -> None:
-        values = {"position": position, "applied_at": now}
-        if heartbeat is not None:
-            values["heartbeat_at"] = heartbeat
+        params = {"b_stream": stream, "b_part": part, "b_count": count, "b_position": position, "b_applied_at": now,
+                  "b_heartbeat": heartbeat}
         if new:
-            conn.execute(replication_state.insert().values(stream=stream, part=part, changes=count,
-                                                           heartbeat_at=heartbeat, **values))
-        else:
-            conn.execute(update(replication_state).where(replication_state.c.stream == stream,
-                                                         replication_state.c.part == part)
-                         .values(changes=replication_state.c.changes + count, **values))
+            conn.execute(_NEW_POSITION, params)
+        else:  # a window without a heartbeat keeps the last one's time
+            conn.execute(_MOVE_POSITION if heartbeat is None else _MOVE_POSITION_AND_BEAT, params)
 
     def _execute(self, conn, group: list[Change]) -> None:
         """One executemany of precompiled SQL per run. Streamed values are JSON-ready (str for numeric and dates),

@@ -59,11 +59,14 @@ class Moves:
     provinces: Mapping[str, tuple[str, bool]]  # old province -> (new province, needs review)
 
 
+# Read in every applied window: built once.
+_MOVING_CHANGESET = select(site_control.c.org_moves_changeset).limit(1).with_for_update(read=True)
+
+
 def moving_changeset(conn: Connection) -> str | None:
     """The change set this site's applier moves arriving rows to (site_control.org_moves_changeset), read under a
     share lock on PostgreSQL: the switch that sets it updates that row first, so a batch sees all or none of it."""
-    query = select(site_control.c.org_moves_changeset).limit(1).with_for_update(read=True)
-    return conn.execute(query).scalar()
+    return conn.execute(_MOVING_CHANGESET).scalar()
 
 
 def load_moves(conn: Connection, state: MapState) -> Moves | None:
