@@ -4,13 +4,23 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import OperationalError
 
 from replication.changes import REPLICATED_TABLES, Change, ChangeOp, SnapshotTable
 from replication.errors import SourceUnavailable
 from standby.store.engine import make_engine
 from standby.store.schema import change_log, metadata
+
+
+# Built once: a replicator keeping up with a steady load runs read, acknowledge and head tens of times a second.
+_WINDOW = (select(change_log).where(change_log.c.seq > bindparam("after")).order_by(change_log.c.seq)
+           .limit(bindparam("limit")))
+_REST_OF_TRANSACTION = select(change_log).where(
+    change_log.c.seq > bindparam("after"), change_log.c.txid == bindparam("txid")).order_by(change_log.c.seq)
+_PRUNE = delete(change_log).where(change_log.c.seq <= bindparam("position"))
+_NEWEST_REPLICATED = (select(change_log.c.seq).where(change_log.c.table_name.in_(bindparam("tables", expanding=True)))
+                      .order_by(change_log.c.seq.desc()).limit(1))
 
 
 class SqliteChangeSource:
@@ -28,12 +38,10 @@ class SqliteChangeSource:
     def read(self, after: int, limit: int) -> list[Change]:
         try:
             with self._reader.connect() as conn:
-                rows = conn.execute(select(change_log).where(change_log.c.seq > after)
-                                    .order_by(change_log.c.seq).limit(limit)).mappings().all()
+                rows = conn.execute(_WINDOW, {"after": after, "limit": limit}).mappings().all()
                 if len(rows) == limit:  # finish the last transaction of the window
-                    rows += conn.execute(select(change_log).where(
-                        change_log.c.seq > rows[-1]["seq"], change_log.c.txid == rows[-1]["txid"])
-                        .order_by(change_log.c.seq)).mappings().all()
+                    rows += conn.execute(_REST_OF_TRANSACTION, {"after": rows[-1]["seq"],
+                                                                "txid": rows[-1]["txid"]}).mappings().all()
         except OperationalError as exc:
             raise SourceUnavailable(f"cannot read the change log at {self.url}: {exc.orig}") from exc
         return [_change(r) for r in rows if r["table_name"] in self.tables]
@@ -41,7 +49,7 @@ class SqliteChangeSource:
     def acknowledge(self, position: int) -> None:
         try:
             with self._writer.begin() as conn:
-                conn.execute(delete(change_log).where(change_log.c.seq <= position))
+                conn.execute(_PRUNE, {"position": position})
         except OperationalError as exc:
             raise SourceUnavailable(f"cannot prune the change log at {self.url}: {exc.orig}") from exc
 
@@ -51,8 +59,7 @@ class SqliteChangeSource:
         try:
             with self._reader.connect() as conn:
                 # Newest first along the primary key: stops at the first replicated row, however long the log.
-                newest = conn.execute(select(change_log.c.seq).where(change_log.c.table_name.in_(self.tables))
-                                      .order_by(change_log.c.seq.desc()).limit(1)).scalar()
+                newest = conn.execute(_NEWEST_REPLICATED, {"tables": list(self.tables)}).scalar()
                 return newest if newest is not None else _head(conn)
         except OperationalError as exc:
             raise SourceUnavailable(f"cannot read the change log at {self.url}: {exc.orig}") from exc
