@@ -71,8 +71,11 @@ def build_site(settings: Settings, site_id: str, *, in_process: bool = False,
 
     keeper = lease_keeper(settings, site_id, renew, metrics) if renew is not None else None
 
+    tokens = ReloadingTokenRegistry(settings.path(settings.auth.tokens_file))
+
     async def start() -> None:
         batcher.start()
+        tokens.watch()
         if keeper is not None:
             keeper.start()
 
@@ -81,6 +84,7 @@ def build_site(settings: Settings, site_id: str, *, in_process: bool = False,
             if partner and sync_positions is not None else None)
 
     async def stop() -> None:
+        tokens.stop_watching()
         if keeper is not None:
             await asyncio.to_thread(keeper.close)
         if sync is not None:
@@ -89,7 +93,7 @@ def build_site(settings: Settings, site_id: str, *, in_process: bool = False,
 
     services = SiteServices(
         site_id=site_id, read_engine=make_engine(url, pool_size=8, writer=False), submit=submit,
-        tokens=ReloadingTokenRegistry(settings.path(settings.auth.tokens_file)), metrics=metrics,
+        tokens=tokens, metrics=metrics,
         max_body_bytes=settings.limits.max_body_bytes, start=start, stop=stop, sync=sync,
         primary_urls=site_urls(settings), authority=authority,
     )

@@ -80,17 +80,37 @@ def _in_background(load: Callable[[], None]) -> None:
 class ReloadingTokenRegistry:
     """A TokenRegistry that follows its file: a token issued while the site runs is accepted within about a second.
 
-    Contract: the file's modification time is checked at most once per `interval_s`; a changed file is parsed by
-    `spawn` (default: a background thread), never on the caller's thread, because the caller is the event loop that
-    carries intake and a file of thousands of tokens takes a noticeable time to parse. Until the parse finishes the
-    previous tokens answer. A file that fails to parse keeps the previous tokens."""
+    Contract: the file's modification time is checked at most once per `interval_s`, by a lookup and, between
+    `watch()` and `stop_watching()`, by a thread of its own every `interval_s`, so a process nobody asks still picks
+    the file up (one of several HTTP processes of a site may not be asked for a while: standbyctl.token_reload counts
+    on every process having checked within `interval_s`). A changed file is parsed by `spawn` (default: a background
+    thread), never on the caller's thread, because the caller is the event loop that carries intake and a file of
+    thousands of tokens takes a noticeable time to parse. Until the parse finishes the previous tokens answer. A
+    file that fails to parse keeps the previous tokens."""
 
     def __init__(self, path: Path, interval_s: float = 1.0, clock=time.monotonic,
                  spawn: Callable[[Callable[[], None]], None] = _in_background):
         self.path, self.interval_s, self.clock, self.spawn = path, interval_s, clock, spawn
         self._registry, self._mtime, self._checked = TokenRegistry([]), None, float("-inf")
         self._loading = threading.Lock()
+        self._watching: threading.Event | None = None
         self._load(self._stat())  # the first load is synchronous: a site starts with its tokens
+
+    def watch(self) -> None:
+        """Check the file every `interval_s` from a daemon thread until `stop_watching` (once; again is a no-op)."""
+        if self._watching is not None:
+            return
+        stop = self._watching = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(self.interval_s):
+                self._refresh()
+        threading.Thread(target=run, name=f"tokens-watch-{id(self):x}", daemon=True).start()
+
+    def stop_watching(self) -> None:
+        if self._watching is not None:
+            self._watching.set()
+            self._watching = None
 
     def _stat(self) -> int | None:
         try:

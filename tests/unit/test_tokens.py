@@ -2,6 +2,8 @@
 import os
 import threading
 
+from tenacity import Retrying, stop_after_delay, wait_fixed
+
 from standby.api.auth import ReloadingTokenRegistry, TokenRegistry, issue_token, issue_tokens, revoke_tokens
 from standby.clearance.commands import Principal, Role
 
@@ -104,3 +106,21 @@ def test_revoking_a_label_removes_that_batch_only(tmp_path):
     assert registry.principal(keep) == Principal(Role.OPERATOR, "alice")
     assert registry.principal(other[0]) == Principal(Role.DECLARANT, "0100000002")
     assert revoke_tokens(path, "loadtest-1") == 0 and oct(path.stat().st_mode)[-3:] == "600"
+
+
+def test_a_watched_registry_picks_up_a_new_token_without_being_asked(tmp_path):
+    # One of several HTTP processes may get no request for a while; it must still know a token written meanwhile.
+    path = tmp_path / "tokens.yaml"
+    issue_token(path, Role.OPERATOR, "alice")
+    registry = ReloadingTokenRegistry(path, interval_s=0.05)
+    registry.watch()
+    registry.watch()  # a second call starts no second thread
+    try:
+        issue_token(path, Role.OPERATOR, "bob")
+        os.utime(path, ns=(1, path.stat().st_mtime_ns + 1_000_000))
+        for attempt in Retrying(stop=stop_after_delay(10), wait=wait_fixed(0.02), reraise=True):
+            with attempt:
+                assert len(registry) == 2  # len() never checks the file itself: the watcher did
+        assert sum(t.name == f"tokens-watch-{id(registry):x}" for t in threading.enumerate()) == 1
+    finally:
+        registry.stop_watching()
