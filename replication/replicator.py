@@ -177,21 +177,17 @@ class Replicator:
     def run(self, stop: threading.Event) -> StreamFinished | None:
         """Stream until `stop` is set (None) or the source has retired and everything it committed is applied."""
         while not stop.is_set():
-            started = self.clock()
             applied = self._retrying(self.step)
             if not applied and self._retrying(
                     lambda: stream_done(self.retired, self.applied_position, self.source.committed)):
                 self.finished = StreamFinished(self.o.stream, self.retired, self.applied_position)
                 log.info("%s", self.finished.describe())
                 return self.finished
-            # Caught up, also when the last read took a few changes: the next read comes one idle period after
-            # this one began, so more can gather. Read again at once, a steady load became a stream of tiny windows,
-            # each a Ray call and a transaction per apply worker: at 12x design the replicator and its apply workers
-            # used 34-43% of a core. Counting the period from the read's start, not from the apply's end, keeps
-            # what a write waits for (synchronous mode) at half a period on average.
+            # Caught up, also when the last read took a few changes: the next read waits for more to gather. Read
+            # again at once, a steady load became a stream of tiny windows, each a Ray call and a transaction per
+            # apply worker: at 12x design the replicator and its apply workers used 34-43% of a core.
             if self.read_everything:
-                elapsed = min(max(0.0, self.clock() - started), self.o.idle_sleep_s)  # the clock may step back
-                stop.wait(self.o.idle_sleep_s - elapsed)
+                stop.wait(self.o.idle_sleep_s)
         return None
 
     def _retrying(self, call: Callable):
