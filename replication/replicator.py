@@ -96,7 +96,7 @@ class Replicator:
         self.delays: list[float] | None = None  # set to a list to keep every change's commit-to-apply delay
         self.retired: SourceRetired | None = None
         self.finished: StreamFinished | None = None
-        self.read_everything = False  # the last read returned less than a window: nothing more was there
+        self._read_everything = False  # the last read returned less than a window: nothing more was there
         self._last_heartbeat = float("-inf")
         self._last_slot_check = float("-inf")
         self._newest_commit_at: float | None = None
@@ -135,7 +135,7 @@ class Replicator:
     def _step(self) -> int:
         after = min(self.positions.values())
         changes = self._read(after)
-        self.read_everything = len(changes) < self.o.window
+        self._read_everything = len(changes) < self.o.window
         if not changes:
             self._show_lag(caught_up=True)
             return 0
@@ -186,7 +186,7 @@ class Replicator:
             # Caught up, also when the last read took a few changes: the next read waits for more to gather. Read
             # again at once, a steady load became a stream of tiny windows, each a Ray call and a transaction per
             # apply worker: at 12x design the replicator and its apply workers used 34-43% of a core.
-            if self.read_everything:
+            if self._read_everything:
                 stop.wait(self.o.idle_sleep_s)
         return None
 

@@ -27,7 +27,7 @@ _LINE_FACTS = select(goods_lines.c.declaration_base, goods_lines.c.hs_code, good
     goods_lines.c.declaration_base.in_(bindparam("bases", expanding=True)))
 _ENTERPRISES = select(enterprises).where(enterprises.c.tax_code.in_(bindparam("tax_codes", expanding=True)))
 _ROTATION = select(officer_rotation.c.next_position).where(
-    officer_rotation.c.office_code == bindparam("office"), officer_rotation.c.section == bindparam("section"))
+    officer_rotation.c.office_code == bindparam("office"), officer_rotation.c.section == bindparam("b_section"))
 _ROTATION_LOCKED = _ROTATION.with_for_update()
 _INSERT_DECLARATIONS = insert(declarations)
 _UPDATE_DECLARATIONS = update(declarations).where(declarations.c.base == bindparam("b_base")).values(
@@ -88,7 +88,7 @@ class BatchWrites:
         if key not in self.rotation:
             # Two workers may serve one office while partitions move; the lock keeps them from sharing a turn.
             stored = conn.execute(_ROTATION_LOCKED if self.lock else _ROTATION,
-                                  {"office": office, "section": section}).scalar()
+                                  {"office": office, "b_section": section}).scalar()
             self.rotation[key] = stored or 0
         return self.rotation[key]
 
