@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
+import msgspec
 import psycopg
 from sqlalchemy import (Boolean, Date, Engine, Float, Integer, Numeric, Table, bindparam, delete, event, select, text,
                         update)
@@ -15,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from replication.changes import Change, ChangeOp
 from replication.errors import PermanentApplyError, TargetUnavailable
+from replication.pg_wal2json import RowInsert, built
 from standby.store.address_moves import Moves, load_moves, move_row, moving_changeset
 from standby.store.engine import is_sqlite, make_engine
 from standby.store.orgmap import active_map
@@ -63,9 +65,10 @@ def apply_engine(url: str) -> Engine:
 
 class Applier:
     """Contract: `apply(stream, part, changes, upto)` applies `changes` (already in commit order, all belonging to
-    `part`) that are above the partition's stored position, and stores `upto` as the new position, all in one
-    transaction. After a crash the same window can be sent again: nothing at or below the stored position is applied
-    twice. Transient failures raise TargetUnavailable (nothing written); a change the database refuses raises
+    `part`; Changes, or RowInserts that it builds only where it must: PostgreSQL copies their values as they are)
+    that are above the partition's stored position, and stores `upto` as the new position, all in one transaction.
+    After a crash the same window can be sent again: nothing at or below the stored position is applied twice.
+    Transient failures raise TargetUnavailable (nothing written); a change the database refuses raises
     PermanentApplyError naming that change (nothing of the window written)."""
 
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time):
@@ -81,25 +84,27 @@ class Applier:
                                 .where(replication_state.c.stream == stream)).all()
         return dict(rows)
 
-    def apply(self, stream: str, part: int, changes: Sequence[Change], upto: int) -> ApplyResult:
+    def apply(self, stream: str, part: int, changes: Sequence[Change | RowInsert], upto: int) -> ApplyResult:
         try:
             return self._apply(stream, part, changes, upto)
         except OperationalError as exc:
             raise TargetUnavailable(f"standby database unavailable: {exc.orig}") from exc
         except DBAPIError as exc:
-            raise PermanentApplyError(self._culprit(changes) or (changes[0] if changes else None),
+            culprit = self._culprit(changes) or (changes[0] if changes else None)
+            raise PermanentApplyError(culprit and built(culprit),
                                       f"{type(exc.orig).__name__}: {exc.orig}") from exc
 
-    def _apply(self, stream: str, part: int, changes: Sequence[Change], upto: int) -> ApplyResult:
+    def _apply(self, stream: str, part: int, changes: Sequence[Change | RowInsert], upto: int) -> ApplyResult:
         with self.engine.begin() as conn:
             self._replica_session(conn)
             stored = conn.execute(select(replication_state.c.position).where(
                 replication_state.c.stream == stream, replication_state.c.part == part)).scalar()
             fresh = [c for c in changes if stored is None or c.position > stored]
             moves = self._moves(conn)
-            for group in _runs([_moved(c, moves) for c in fresh] if moves else fresh):
+            for group in _runs([_moved(built(c), moves) for c in fresh] if moves else fresh):
                 self._execute(conn, group)
-            heartbeat = max((c.row["at"] for c in fresh if c.table == "replication_heartbeat" and c.row), default=None)
+            heartbeat = max((built(c).row["at"] for c in fresh if c.table == "replication_heartbeat" and c.op is not
+                             ChangeOp.DELETE), default=None)
             newest = max((c.committed_at for c in fresh if c.committed_at), default=None)
             now = self.clock()
             position = max(upto, stored or 0)
@@ -151,13 +156,14 @@ class Applier:
         else:  # a window without a heartbeat keeps the last one's time
             conn.execute(_MOVE_POSITION if heartbeat is None else _MOVE_POSITION_AND_BEAT, params)
 
-    def _execute(self, conn, group: list[Change]) -> None:
+    def _execute(self, conn, group: list[Change | RowInsert]) -> None:
         """One executemany of precompiled SQL per run. Streamed values are JSON-ready (str for numeric and dates),
         which both drivers bind as the column needs, so the hot path skips SQLAlchemy's per-row work."""
         table = metadata.tables[group[0].table]
         if group[0].op is not ChangeOp.DELETE and len(group) >= BULK_MIN_ROWS and not is_sqlite(self.engine):
             self._bulk_upsert(conn, table, group)
             return
+        group = [built(c) for c in group]
         if group[0].op is ChangeOp.DELETE:
             sql, names = self._sql(table, delete=True)
             conn.exec_driver_sql(sql, [tuple(c.key[n] for n in names) for c in group])
@@ -169,9 +175,13 @@ class Applier:
         """PostgreSQL: a run of upserts as one COPY into a temporary staging table and one INSERT ... SELECT ... ON
         CONFLICT, instead of a statement per row. Within a run (one table, no delete in between) the last image of
         a key is the one that counts, and one INSERT may touch a key only once: earlier images are dropped."""
-        pk = [c.name for c in table.primary_key.columns]
-        latest = {tuple(c.row[n] for n in pk): c.row for c in group}
         names = [c.name for c in table.columns]
+        pk_at = [names.index(c.name) for c in table.primary_key.columns]
+        latest = {}
+        for change in group:
+            values = (change.values_in_schema_order() if type(change) is RowInsert
+                      else [change.row.get(n) for n in names])
+            latest[tuple(values[i] for i in pk_at)] = values
         stage, upsert, copy_in, copy_stage = self._bulk_sql(table)
         with conn.connection.driver_connection.cursor() as cur:
             if len(latest) == len(group) and all(c.op is ChangeOp.INSERT for c in group):
@@ -180,13 +190,13 @@ class Applier:
                 # crash, a snapshot's overlap) refuses the whole COPY, which then goes the upsert's way.
                 cur.execute("SAVEPOINT replication_copy")
                 try:
-                    _copy_rows(cur, copy_in, latest.values(), names)
+                    _copy_rows(cur, copy_in, latest.values())
                     cur.execute("RELEASE SAVEPOINT replication_copy")
                     return
                 except psycopg.errors.UniqueViolation:
                     cur.execute("ROLLBACK TO SAVEPOINT replication_copy")
             cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {_quote(table.name)}) ON COMMIT DELETE ROWS")
-            _copy_rows(cur, copy_stage, latest.values(), names)
+            _copy_rows(cur, copy_stage, latest.values())
             cur.execute(upsert)
             cur.execute(f"TRUNCATE {stage}")  # the next run of this table in the same transaction starts empty
 
@@ -276,10 +286,10 @@ class Applier:
         return total
 
 
-def _copy_rows(cur, statement: str, rows: Iterable[dict], names: list[str]) -> None:
+def _copy_rows(cur, statement: str, rows: Iterable[list]) -> None:
     with cur.copy(statement) as copy:
-        for row in rows:
-            copy.write_row([row.get(n) for n in names])
+        for values in rows:
+            copy.write_row(values)
 
 
 def _quote(identifier: str) -> str:
@@ -291,7 +301,7 @@ def _moved(change: Change, moves: Moves) -> Change:
     if change.row is None:
         return change
     row = move_row(change.table, change.row, moves)
-    return change if row is None else replace(change, row=row)
+    return change if row is None else msgspec.structs.replace(change, row=row)
 
 
 def _runs(changes: Sequence[Change]) -> Iterable[list[Change]]:

@@ -1,7 +1,7 @@
 """What replication moves: row changes in commit order, each with a position, and the contract of their source."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -15,14 +15,17 @@ class ChangeOp(str, Enum):
     DELETE = "delete"
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="c"):
     """One row change as the primary committed it.
 
     `position` orders changes in commit order and is unique within a stream (SQLite: the change log's sequence;
     PostgreSQL: the LSN as an integer, with `seq` breaking ties inside one transaction). `key` holds the primary-key
     columns; `row` the whole new row for insert/update (None for delete). Values are JSON-ready (str for Decimal and
-    dates, numbers, bools, None); the applier converts them to the column types."""
+    dates, numbers, bools, None); the applier converts them to the column types.
+
+    A msgspec Struct rather than a dataclass: a catch-up builds one per row change in the replicator and again in
+    each apply worker, and a Struct is built in C, decoded straight from a window's blob and, with gc=False, never
+    tracked by the cyclic collector (its dicts still are)."""
 
     position: int
     table: str
@@ -32,24 +35,6 @@ class Change:
     txid: int | None = None
     committed_at: float | None = None  # seconds since the epoch, when the source knows it
     seq: int = 0
-
-
-# A window crosses to the apply workers as one msgpack blob: Ray's pickling of the Change objects one by one cost the
-# replicator's driver more than parsing them (py-spy, PostgreSQL catch-up: a third of the driver's CPU), while
-# msgspec encodes the same window for about a microsecond a change and the worker decodes it in C.
-_window_encoder = msgspec.msgpack.Encoder()
-_window_decoder = msgspec.msgpack.Decoder(list[Change])
-
-
-def encode_window(changes: Sequence[Change]) -> bytes:
-    """Changes as one blob for another process. Values must be JSON-ready (Change's contract); a Decimal or a date
-    would come back as str, so the round trip is exact only for what the sources give."""
-    return _window_encoder.encode(changes)
-
-
-def decode_window(blob: bytes) -> list[Change]:
-    """The changes `encode_window` was given, equal and in the same order."""
-    return _window_decoder.decode(blob)
 
 
 @dataclass(frozen=True)
@@ -74,7 +59,10 @@ class ChangeSource(Protocol):
       further commit. Use it for "has the standby applied everything?" (replication.progress owns that question).
     - `head()` is the source's newest position of any kind (SQLite: the change log's counter; PostgreSQL: the WAL
       write position, which also counts WAL of other tables), for lag in positions only: a caught-up standby may
-      stay below it. `close()` releases connections."""
+      stay below it. `close()` releases connections.
+    - Optionally `read_window(after, limit)`: `read`'s window, in which some items may not be built yet (an item
+      has `position`, `table`, `key` and `committed_at` like a Change; replication.wire builds the rest on the apply
+      side). The replicator reads with it when the source has it."""
 
     def read(self, after: int, limit: int) -> list[Change]: ...
 

@@ -39,7 +39,8 @@ from tenacity import Retrying, retry_if_exception, retry_if_result, stop_after_d
 from replication.changes import REPLICATED_TABLES, Change, SnapshotTable
 from replication.errors import ReplicationError, SourceUnavailable
 from replication.pg_stream import StreamError, WalStream, conninfo
-from replication.pg_wal2json import PLUGIN, add_tables, int_to_lsn, lsn_to_int, stream_options, transaction
+from replication.pg_wal2json import (PLUGIN, RowInsert, add_tables, built, int_to_lsn, lsn_to_int, stream_options,
+                                     transaction_items)
 from standby.store.engine import make_engine
 
 __all__ = ["PgChangeSource", "int_to_lsn", "lsn_to_int"]
@@ -108,7 +109,7 @@ class PgChangeSource:
         self._reading = threading.Lock()
         self._stream: WalStream | None = None
         self._floor = 0  # the `after` of the last read: the stream and `_pending` hold what follows it
-        self._pending: deque[tuple[int, list[Change]]] = deque()  # received transactions > _floor, commit order
+        self._pending: deque[tuple[int, list[Change | RowInsert]]] = deque()  # received transactions > _floor, commit order
         self._pending_changes = 0
 
     # --- the slot ------------------------------------------------------------------------------------------------
@@ -181,18 +182,23 @@ class PgChangeSource:
     # --- the contract ----------------------------------------------------------------------------------------------
 
     def read(self, after: int, limit: int) -> list[Change]:
+        """`read_window`'s changes, each a Change."""
+        return [built(item) for item in self.read_window(after, limit)]
+
+    def read_window(self, after: int, limit: int) -> list[Change | RowInsert]:
         """Whole committed transactions with position > `after`, in commit order, until at least `limit` changes
         (a transaction is never split, so the answer can exceed `limit`); fewer than `limit` only when the stream
         has reached the WAL flushed when the read began, [] when there is nothing newer. Reads consume nothing: the
         same arguments give the same changes until `acknowledge` (an `after` below the previous read's starts the
         stream again from the slot). A slot already moved past `after` (0 < after < its position) means changes
-        the caller never got were freed: ReplicationError."""
+        the caller never got were freed: ReplicationError. Inserts come as RowInserts (the replicator hands them to
+        the apply workers, which build them: replication.wire); `read` gives every item as a Change."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
         with self._reading, self._guard("read changes"):
             self._ceiling = max(self._ceiling, after)
             self._fill(after, limit)
-            changes: list[Change] = []
+            changes: list[Change | RowInsert] = []
             for _, txn in self._pending:
                 if len(changes) >= limit:
                     break
@@ -392,7 +398,7 @@ class PgChangeSource:
         while self._pending_changes < limit:
             message = stream.next_message(0.0 if flushed is None else ASK_EVERY_S)
             if message is not None:
-                position, changes = transaction(message[1], self._table_set)
+                position, changes = transaction_items(message[1], self._table_set)
                 if changes and position > self._floor:
                     self._pending.append((position, changes))
                     self._pending_changes += len(changes)

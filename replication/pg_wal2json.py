@@ -10,6 +10,7 @@ import functools
 import re
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 import msgspec
 from sqlalchemy import Float, Numeric
@@ -77,23 +78,95 @@ _decode_fast = msgspec.json.Decoder(_Message).decode
 _decode_exact = msgspec.json.Decoder(_Message, float_hook=Decimal).decode
 
 
+class RowInsert(msgspec.Struct, array_like=True, gc=False, tag="i"):
+    """An inserted row as wal2json sent it (its values in the schema's column order), not yet a Change: the
+    replicator reads a window of these (and Changes, for everything else) and routes them by key; each apply worker
+    builds its own share (`change()`), or on PostgreSQL copies `values_in_schema_order()` straight into the table,
+    so the per-row work of a catch-up runs in the workers in parallel instead of in the replicator alone.
+    `change()` gives exactly the Change `transaction` gives for the same insert."""
+
+    position: int
+    table: str
+    values: list
+    txid: int | None
+    committed_at: float | None
+    seq: int
+
+    op = ChangeOp.INSERT
+
+    @property
+    def key(self) -> dict:
+        """The primary key, equal to the built Change's (the replicator routes by it)."""
+        shape, values = _insert_shape(self.table), self.values
+        key = {n: values[i] for n, i in zip(shape.pk, shape.pk_at)}
+        return _converted(key, shape.convert) if shape.pk_converted else key
+
+    def values_in_schema_order(self) -> list:
+        """The row's values, converted as `change()` converts them."""
+        values = list(self.values)
+        for i, to in _insert_shape(self.table).convert_at:
+            if values[i] is not None:
+                values[i] = to(values[i])
+        return values
+
+    def change(self) -> Change:
+        shape = _insert_shape(self.table)
+        row = _converted(dict(zip(shape.columns, self.values, strict=True)), shape.convert)
+        return Change(self.position, self.table, ChangeOp.INSERT, {n: row[n] for n in shape.pk}, row, self.txid,
+                      self.committed_at, self.seq)
+
+
+class _InsertShape(NamedTuple):
+    columns: list[str]  # the schema's order
+    pk: tuple[str, ...]
+    pk_at: tuple[int, ...]  # where each key column is in `columns`
+    pk_converted: bool
+    convert: dict
+    convert_at: tuple[tuple[int, object], ...]
+    exact_below: tuple[tuple[int, float], ...]  # numeric columns: a float at least this large may have lost digits
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_shape(table: str) -> _InsertShape:
+    pk, convert = _table_shape(table)
+    columns = schema_metadata.tables[table].columns
+    names = [c.name for c in columns]
+    return _InsertShape(names, pk, tuple(names.index(n) for n in pk), any(n in convert for n in pk), convert,
+                        tuple((names.index(n), to) for n, to in convert.items()),
+                        tuple((names.index(c.name), _exact_below(c.type.scale)) for c in columns
+                              if isinstance(c.type, Numeric) and not isinstance(c.type, Float)))
+
+
+def built(item: Change | RowInsert) -> Change:
+    """A window item as a Change (the identity for a Change)."""
+    return item if type(item) is Change else item.change()
+
+
 def transaction(payload: bytes | str, tables: tuple[str, ...] | frozenset[str]) -> tuple[int, list[Change]]:
     """(commit position, changes in the order the transaction made them) of one format-1 message. A transaction
     that touched only other tables, or only sent logical messages, gives no changes. A TRUNCATE cannot be carried
     as row changes: ReplicationError."""
+    position, items = transaction_items(payload, tables)
+    return position, [built(item) for item in items]
+
+
+def transaction_items(payload: bytes | str, tables: tuple[str, ...] | frozenset[str]
+                      ) -> tuple[int, list[Change | RowInsert]]:
+    """`transaction` with each insert left as a RowInsert (`built` makes it the same Change)."""
     try:
-        return _transaction(_decode_fast(payload), tables)
-    except _Inexact:
-        return _transaction(_decode_exact(payload), tables)
+        try:
+            return _transaction(_decode_fast(payload), tables)
+        except _Inexact:
+            return _transaction(_decode_exact(payload), tables)
     except msgspec.DecodeError as exc:
         raise ReplicationError(f"wal2json sent a message this reader cannot parse: {exc}") from exc
 
 
-def _transaction(msg: _Message, tables) -> tuple[int, list[Change]]:
+def _transaction(msg: _Message, tables) -> tuple[int, list[Change | RowInsert]]:
     position = lsn_to_int(msg.nextlsn)
     committed_at = datetime.fromisoformat(msg.timestamp).timestamp() if msg.timestamp else None
     xid = msg.xid
-    changes: list[Change] = []
+    items: list[Change | RowInsert] = []
     for entry in msg.change:
         kind = entry.kind
         if kind == "message":
@@ -104,9 +177,18 @@ def _transaction(msg: _Message, tables) -> tuple[int, list[Change]]:
         table = entry.table
         if table not in tables:
             continue
+        if kind == "insert":
+            shape = _insert_shape(table)
+            if entry.columnnames == shape.columns:  # else (columns added in another order) built here
+                values = entry.columnvalues
+                for i, bound in shape.exact_below:  # what `_numeric` would refuse, refused before the row leaves
+                    if values[i].__class__ is float and not abs(values[i]) < bound:
+                        raise _Inexact()
+                items.append(RowInsert(position, table, values, xid, committed_at, len(items)))
+                continue
         for op, key, row in _row_changes(kind, table, entry):
-            changes.append(Change(position, table, op, key, row, xid, committed_at, len(changes)))
-    return position, changes
+            items.append(Change(position, table, op, key, row, xid, committed_at, len(items)))
+    return position, items
 
 
 def _row_changes(kind: str, table: str, entry: _Entry) -> list[tuple[ChangeOp, dict, dict | None]]:
@@ -152,11 +234,15 @@ def _table_shape(table: str) -> tuple[tuple[str, ...], dict]:
     return tuple(c.name for c in columns.primary_key.columns), convert
 
 
+def _exact_below(scale: int | None) -> float:
+    return 10 ** (15 - scale) if scale is not None and scale <= 15 else 0
+
+
 def _numeric(scale: int | None):
     """numeric(p, scale) as the plain str PostgreSQL prints. A float from the fast decoder is exact only below
     10 ** (15 - scale) (15 significant digits); above, or without a declared scale, `_Inexact` asks for the exact
     decoding."""
-    safe_below = 10 ** (15 - scale) if scale is not None and scale <= 15 else 0
+    safe_below = _exact_below(scale)
     # Below that bound the float is the double nearest to a number of at most `scale` decimals, off by far less
     # than half a unit of the last decimal, so rounding it to `scale` decimals gives that number back exactly
     # (and four times faster than going through Decimal, the catch-up's largest cost of parsing on goods lines).

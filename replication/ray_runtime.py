@@ -14,8 +14,9 @@ import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 
 from replication.apply import ApplyResult
-from replication.changes import Change, decode_window, encode_window
+from replication.changes import Change
 from replication.errors import PermanentApplyError, ReplicationError, TargetUnavailable
+from replication.wire import decode_window, encode_window
 from standby.heap import collection_paused, freeze_startup_heap
 from standby.ray_runtime import release_placement, spread_over_nodes
 

@@ -105,6 +105,8 @@ class Replicator:
         self._ahead: tuple[int, Future] | None = None
         self._read_ahead = (options.read_ahead if options.read_ahead is not None
                             else getattr(source, "read_ahead", True))
+        # A source may give a window whose items the apply workers build (ChangeSource: `read_window`).
+        self._read_window = getattr(source, "read_window", source.read)
 
     # -- start ---------------------------------------------------------------------------------------------------
     def start(self, progress: Callable[[str, int], None] = lambda table, rows: None) -> bool:
@@ -140,7 +142,7 @@ class Replicator:
             self._show_lag(caught_up=True)
             return 0
         if self._read_ahead and len(changes) >= self.o.window:  # more is waiting: fetch it during the apply
-            self._ahead = (changes[-1].position, self._reader.submit(self.source.read, changes[-1].position,
+            self._ahead = (changes[-1].position, self._reader.submit(self._read_window, changes[-1].position,
                                                                       self.o.window))
         results: list[ApplyResult] = self.pool.apply(self.o.stream, windows_by_partition(
             changes, self.o.partitions, self.positions))
@@ -169,7 +171,7 @@ class Replicator:
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] == after:
             return ahead[1].result()
-        return self.source.read(after, self.o.window)
+        return self._read_window(after, self.o.window)
 
     def close(self) -> None:
         self._reader.shutdown(wait=True, cancel_futures=True)

@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 
 from replication.apply import BULK_MIN_ROWS, Applier, apply_engine
 from replication.changes import Change, ChangeOp
+from replication.pg_wal2json import RowInsert
 from standby.store.schema import provinces, replication_state
 from tests.integration.replica import make_standby
 
@@ -63,3 +64,22 @@ def test_a_window_sent_again_after_its_position_changes_nothing(applier):
     again = applier.apply("s", 0, window, upto=2000)
     assert again.applied == 0
     assert names(applier) == {f"{i:02d}": f"once {i}" for i in range(ROWS)}
+
+
+def left_inserts(first_position: int, name: str) -> list[RowInsert]:
+    """The rows of `inserts` as the PostgreSQL reader leaves them for the apply workers (replication.pg_wal2json)."""
+    columns = [c.name for c in provinces.columns]
+    return [RowInsert(c.position, "provinces", [c.row[n] for n in columns], None, None, 0)
+            for c in inserts(first_position, name)]
+
+
+def test_rows_left_for_the_workers_land_as_the_changes_they_build_by_copy_and_by_upsert(applier):
+    result = applier.apply("s", 0, left_inserts(1000, "new"), upto=2000)
+    assert result.applied == ROWS
+    assert names(applier) == {f"{i:02d}": f"new {i}" for i in range(ROWS)}
+    # The same keys again from another stream: the COPY meets them and the window goes the upsert's way.
+    applier.apply("other", 0, left_inserts(5000, "newer"), upto=6000)
+    assert names(applier) == {f"{i:02d}": f"newer {i}" for i in range(ROWS)}
+    # A short run (below BULK_MIN_ROWS) is built and upserted row by row.
+    applier.apply("short", 0, left_inserts(9000, "short")[:3], upto=9100)
+    assert names(applier) == {f"{i:02d}": f"short {i}" if i < 3 else f"newer {i}" for i in range(ROWS)}

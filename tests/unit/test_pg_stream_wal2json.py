@@ -7,7 +7,8 @@ import pytest
 
 from replication.changes import REPLICATED_TABLES, Change, ChangeOp
 from replication.errors import ReplicationError
-from replication.pg_wal2json import add_tables, int_to_lsn, lsn_to_int, stream_options, transaction
+from replication.pg_wal2json import (RowInsert, add_tables, built, int_to_lsn, lsn_to_int, stream_options, transaction,
+                                     transaction_items)
 
 TABLES = frozenset(REPLICATED_TABLES)
 IDEMPOTENCY = ["principal", "key", "request_hash", "status", "response", "created_at"]
@@ -116,3 +117,46 @@ def test_changes_are_plain_values() -> None:
 
     assert change == Change(lsn_to_int("0/1926CD0"), "replication_heartbeat", ChangeOp.INSERT, {"source": "A"},
                             {"source": "A", "at": 1.5, "counter": 3}, 727, 1796027053.5, 0)
+
+
+GOODS = ["declaration_base", "line_no", "hs_code", "description", "quantity", "unit", "unit_price", "currency",
+         "origin", "value_vnd", "duty_vnd", "vat_vnd"]
+GOODS_VALUES = ["10000002001", 2, "08011100", "x", 1.5, "KGM", 2.28, "USD", "VN", 383741444, 0, 0]
+
+
+def test_an_insert_is_left_for_the_apply_side_and_builds_into_the_change_transaction_gives() -> None:
+    payload = message(insert("goods_lines", GOODS, GOODS_VALUES),
+                      keyed("delete", "idempotency_keys", {"principal": "p", "key": "k1"}))
+
+    position, items = transaction_items(payload, TABLES)
+    _, changes = transaction(payload, TABLES)
+
+    assert [type(i) for i in items] == [RowInsert, Change]
+    assert [built(i) for i in items] == changes
+    row_insert = items[0]
+    assert row_insert.key == changes[0].key == {"declaration_base": "10000002001", "line_no": 2}
+    assert row_insert.values_in_schema_order() == [changes[0].row[n] for n in GOODS]
+    assert row_insert.values_in_schema_order()[4:7] == ["1.500", "KGM", "2.2800"]
+    assert (row_insert.position, row_insert.seq, row_insert.op) == (position, 0, ChangeOp.INSERT)
+
+
+def test_an_insert_whose_columns_came_in_another_order_is_built_at_once() -> None:
+    order = [3, 0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]
+    payload = message(insert("goods_lines", [GOODS[i] for i in order], [GOODS_VALUES[i] for i in order]))
+
+    _, items = transaction_items(payload, TABLES)
+
+    assert type(items[0]) is Change
+    assert items[0].row == built(transaction_items(message(insert("goods_lines", GOODS, GOODS_VALUES)),
+                                                   TABLES)[1][0]).row
+
+
+def test_a_left_insert_with_a_numeric_too_long_for_a_float_keeps_every_digit() -> None:
+    values = '["1",1,"x","y",123456789012345.678,"KGM",0.1000,"USD","VN",1,0,0]'
+    payload = ('{"xid":1,"nextlsn":"0/10","change":[{"kind":"insert","schema":"public","table":"goods_lines",'
+               f'"columnnames":{json.dumps(GOODS)},"columnvalues":{values}}}]}}')
+
+    (item,) = transaction_items(payload, TABLES)[1]
+
+    assert item.values_in_schema_order()[4] == built(item).row["quantity"] == "123456789012345.678"
+    assert item.values_in_schema_order()[6] == built(item).row["unit_price"] == "0.1000"

@@ -5,7 +5,9 @@ import gc
 
 import pytest
 
-from replication.changes import Change, ChangeOp, decode_window, encode_window
+from replication.changes import Change, ChangeOp
+from replication.pg_wal2json import RowInsert, built
+from replication.wire import decode_window, encode_window
 from standby.heap import collection_paused
 
 
@@ -21,6 +23,21 @@ def test_a_window_comes_back_equal_in_order_with_every_kind_of_value():
     back = decode_window(encode_window(window))
     assert back == window
     assert [type(c.op) for c in back] == [ChangeOp] * 3
+
+
+def test_a_window_with_inserts_left_for_the_workers_comes_back_equal_and_builds_the_same_changes():
+    columns = ["declaration_base", "line_no", "hs_code", "description", "quantity", "unit", "unit_price", "currency",
+               "origin", "value_vnd", "duty_vnd", "vat_vnd"]
+    left = RowInsert(10, "goods_lines", ["10000000001", 1, "85171200", "Điện thoại", 1.5, "PCE", 2.28, "USD", "CN",
+                                         2 ** 40, 0, None], 7, 1.75e9, 0)
+    window = [left, Change(10, "officers", ChangeOp.DELETE, {"officer_id": "O-1"}, None, 7, 1.75e9, 1)]
+
+    back = decode_window(encode_window(window))
+
+    assert back == window and [type(i) for i in back] == [RowInsert, Change]
+    assert built(back[0]) == built(left)
+    assert built(left).row == dict(zip(columns, ["10000000001", 1, "85171200", "Điện thoại", "1.500", "PCE", "2.2800",
+                                                 "USD", "CN", 2 ** 40, 0, None]))
 
 
 def test_an_empty_window_comes_back_empty():
