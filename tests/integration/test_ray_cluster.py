@@ -110,7 +110,10 @@ class RayCluster:
         command = [str(RAY), "start", "--temp-dir", str(node.temp_dir), "--num-cpus", "1",
                    "--object-store-memory", str(100 * 2**20), "--include-log-monitor", "false",
                    "--disable-usage-stats", *ports, *args]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        # A loaded machine (the suite's other worker) once kept a raylet from registering within Ray's default wait
+        # ("GCS cannot find the node ... Try increase the RAY_raylet_start_wait_time_s config").
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "RAY_raylet_start_wait_time_s": "60"})
         assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
 
     def start(self) -> "RayCluster":
