@@ -22,15 +22,18 @@ from replication.progress import caught_up
 
 log = logging.getLogger(__name__)
 DECLARATION_KEYS = ("base", "declaration_base")
+DECLARATION_TABLES = frozenset({"declarations", "goods_lines", "officer_assignments"})
 
 
 def partition_of(change: Change, partitions: int) -> int:
     """A declaration's rows (declaration, goods lines, assignments) share a partition, so one transaction's changes to
     one declaration are applied together and in order; other rows go by table and key."""
-    for name in DECLARATION_KEYS:
-        if name in change.key and change.table in ("declarations", "goods_lines", "officer_assignments"):
-            return zlib.crc32(str(change.key[name]).encode()) % partitions
-    return zlib.crc32(f"{change.table}:{json.dumps(change.key, sort_keys=True)}".encode()) % partitions
+    key = change.key  # built on each use for a RowInsert (replication.pg_wal2json): once here
+    if change.table in DECLARATION_TABLES:
+        for name in DECLARATION_KEYS:
+            if name in key:
+                return zlib.crc32(str(key[name]).encode()) % partitions
+    return zlib.crc32(f"{change.table}:{json.dumps(key, sort_keys=True)}".encode()) % partitions
 
 
 def windows_by_partition(changes: list[Change], partitions: int, positions: dict[int, int]) -> dict[int, tuple]:
