@@ -103,8 +103,8 @@ class Applier:
             moves = self._moves(conn)
             for group in _runs([_moved(built(c), moves) for c in fresh] if moves else fresh):
                 self._execute(conn, group)
-            heartbeat = max((built(c).row["at"] for c in fresh if c.table == "replication_heartbeat" and c.op is not
-                             ChangeOp.DELETE), default=None)
+            heartbeat = max((built(c).row["at"] for c in fresh
+                             if c.table == "replication_heartbeat" and c.op is not ChangeOp.DELETE), default=None)
             newest = max((c.committed_at for c in fresh if c.committed_at), default=None)
             now = self.clock()
             position = max(upto, stored or 0)
@@ -304,7 +304,7 @@ def _moved(change: Change, moves: Moves) -> Change:
     return change if row is None else msgspec.structs.replace(change, row=row)
 
 
-def _runs(changes: Sequence[Change]) -> Iterable[list[Change]]:
+def _runs(changes: Sequence[Change | RowInsert]) -> Iterable[list[Change | RowInsert]]:
     """Consecutive changes to the same table with the same kind of statement, so each run is one executemany
     (order is kept: a run never reorders anything)."""
     run: list[Change] = []

@@ -109,7 +109,8 @@ class PgChangeSource:
         self._reading = threading.Lock()
         self._stream: WalStream | None = None
         self._floor = 0  # the `after` of the last read: the stream and `_pending` hold what follows it
-        self._pending: deque[tuple[int, list[Change | RowInsert]]] = deque()  # received transactions > _floor, commit order
+        # received transactions > _floor, in commit order
+        self._pending: deque[tuple[int, list[Change | RowInsert]]] = deque()
         self._pending_changes = 0
 
     # --- the slot ------------------------------------------------------------------------------------------------

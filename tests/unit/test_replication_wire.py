@@ -36,8 +36,8 @@ def test_a_window_with_inserts_left_for_the_workers_comes_back_equal_and_builds_
 
     assert back == window and [type(i) for i in back] == [RowInsert, Change]
     assert built(back[0]) == built(left)
-    assert built(left).row == dict(zip(columns, ["10000000001", 1, "85171200", "Điện thoại", "1.500", "PCE", "2.2800",
-                                                 "USD", "CN", 2 ** 40, 0, None]))
+    values = ["10000000001", 1, "85171200", "Điện thoại", "1.500", "PCE", "2.2800", "USD", "CN", 2 ** 40, 0, None]
+    assert built(left).row == dict(zip(columns, values))
 
 
 def test_an_empty_window_comes_back_empty():
