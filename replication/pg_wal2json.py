@@ -111,7 +111,7 @@ class RowInsert(msgspec.Struct, array_like=True, gc=False, tag="i"):
 
     def change(self) -> Change:
         shape = _insert_shape(self.table)
-        row = _converted(dict(zip(shape.columns, self.values, strict=True)), shape.convert)
+        row = dict(zip(shape.columns, self.values_in_schema_order(), strict=True))
         return Change(self.position, self.table, ChangeOp.INSERT, {n: row[n] for n in shape.pk}, row, self.txid,
                       self.committed_at, self.seq)
 
