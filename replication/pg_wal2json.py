@@ -158,7 +158,7 @@ def transaction_items(payload: bytes | str, tables: tuple[str, ...] | frozenset[
             return _transaction(_decode_fast(payload), tables)
         except _Inexact:
             return _transaction(_decode_exact(payload), tables)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: names and values of a row that do not pair up
         raise ReplicationError(f"wal2json sent a message this reader cannot parse: {exc}") from exc
 
 
@@ -181,6 +181,10 @@ def _transaction(msg: _Message, tables) -> tuple[int, list[Change | RowInsert]]:
             shape = _insert_shape(table)
             if entry.columnnames == shape.columns:  # else (columns added in another order) built here
                 values = entry.columnvalues
+                if len(values) != len(shape.columns):  # built in a worker: refuse it here, where it is read
+                    raise ReplicationError(f"wal2json sent a message this reader cannot parse: an insert into "
+                                           f"{table} at {int_to_lsn(position)} has {len(values)} values for "
+                                           f"{len(shape.columns)} columns")
                 for i, bound in shape.exact_below:  # what `_numeric` would refuse, refused before the row leaves
                     if values[i].__class__ is float and not abs(values[i]) < bound:
                         raise _Inexact()

@@ -160,3 +160,11 @@ def test_a_left_insert_with_a_numeric_too_long_for_a_float_keeps_every_digit() -
 
     assert item.values_in_schema_order()[4] == built(item).row["quantity"] == "123456789012345.678"
     assert item.values_in_schema_order()[6] == built(item).row["unit_price"] == "0.1000"
+
+
+@pytest.mark.parametrize("entry", [insert("goods_lines", GOODS, GOODS_VALUES[:-1]),
+                                   keyed("update", "idempotency_keys", {"principal": "p", "key": "k1"},
+                                         IDEMPOTENCY, ["p", "k1", "h"])])
+def test_a_row_whose_values_do_not_pair_with_its_columns_is_refused_where_it_is_read(entry) -> None:
+    with pytest.raises(ReplicationError, match="cannot parse"):
+        transaction_items(message(entry), TABLES)
