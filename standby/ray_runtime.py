@@ -23,7 +23,8 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from standby.clearance.commands import Command, Outcome, refused
+from standby.clearance.commands import (Command, Outcome, decode_commands, decode_outcomes, encode_commands,
+                                        encode_outcomes, refused)
 from standby.heap import freeze_startup_heap
 from standby.placement import ClusterNode, sqlite_out_of_reach
 
@@ -72,14 +73,17 @@ class ClearanceWorker:
         )
         freeze_startup_heap()
 
-    def process(self, commands: list[Command]) -> tuple[str, list[Outcome]]:
+    def process(self, batch: bytes) -> tuple[str, bytes]:
+        """The batch (encode_commands) carried out: this incarnation and one Outcome per command (encode_outcomes)."""
         from standby.clearance.pipeline import StoreUnavailable
 
+        commands = decode_commands(batch)
         try:
-            return self.incarnation, self.pipeline.process(commands)
+            outcomes = self.pipeline.process(commands)
         except StoreUnavailable as exc:
-            return self.incarnation, [refused(503, "store_unavailable", f"{exc}; retry with the same Idempotency-Key")
-                                      ] * len(commands)
+            outcomes = [refused(503, "store_unavailable", f"{exc}; retry with the same Idempotency-Key")
+                        ] * len(commands)
+        return self.incarnation, encode_outcomes(outcomes)
 
     def identity(self) -> tuple[str, int]:
         return self.incarnation, os.getpid()
@@ -181,11 +185,11 @@ class WorkerPool:
             self._incarnations[i] = incarnation
 
     async def submit(self, partition: int, commands: Sequence[Command]) -> list[Outcome]:
-        actor, batch = self._actors[partition], list(commands)
+        actor, batch = self._actors[partition], encode_commands(commands)
         last_error: Exception | None = None
         for attempt in range(self.attempts):
             try:
-                incarnation, outcomes = await asyncio.wait_for(actor.process.remote(batch), self.call_timeout_s)
+                incarnation, answer = await asyncio.wait_for(actor.process.remote(batch), self.call_timeout_s)
             # ObjectLostError: the worker answered, but its answer was stored on a node that died before it was read.
             except (RayActorError, ObjectLostError, GetTimeoutError, asyncio.TimeoutError) as exc:
                 last_error = exc
@@ -194,7 +198,7 @@ class WorkerPool:
                 await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
                 continue
             self._note_incarnation(partition, incarnation)
-            return outcomes
+            return decode_outcomes(answer)
         raise WorkerUnavailable(
             f"clearance worker {partition} of site {self.spec.site_id} did not answer after {self.attempts} attempts "
             f"({type(last_error).__name__})")
