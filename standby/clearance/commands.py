@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-import msgspec
-
 from standby.domain.errors import Refusal
+from standby.wire import Wire
 
 
 class Op(str, Enum):
@@ -85,37 +83,24 @@ def partition_for(office_code: str, partitions: int) -> int:
     return zlib.crc32(office_code.encode()) % partitions
 
 
-# A batch crosses the process boundary (the Ray call to its worker and the answer back) as msgpack bytes, not as
-# pickled dataclasses: Ray carries bytes as they are, and encoding plus decoding a command this way costs ~5 µs
-# against ~55 µs for cloudpickle, paid on the HTTP process and the worker on every call. JSON can carry a lone
-# surrogate ("\ud800") that UTF-8, and so msgpack, cannot: such a batch goes pickled, marked by a first byte that
-# msgpack never begins an array with, so the worker meets the request as it came and answers it as before.
-_encode = msgspec.msgpack.Encoder().encode
-_decode_commands = msgspec.msgpack.Decoder(list[Command]).decode
-_decode_outcomes = msgspec.msgpack.Decoder(list[Outcome]).decode
-_PICKLED = b"\x00"
-
-
-def _lossless(values: Sequence) -> bytes:
-    try:
-        return _encode(values)
-    except UnicodeEncodeError:
-        return _PICKLED + pickle.dumps(list(values), protocol=pickle.HIGHEST_PROTOCOL)
+# A batch crosses to its worker, and its answers come back, in standby.wire's form (not pickled dataclasses).
+_COMMANDS = Wire(list[Command])
+_OUTCOMES = Wire(list[Outcome])
 
 
 def encode_commands(commands: Sequence[Command]) -> bytes:
-    return _lossless(commands)
+    return _COMMANDS.encode(commands)
 
 
 def decode_commands(blob: bytes) -> list[Command]:
     """The commands of `encode_commands`, equal to those encoded (their request_hash kept, not recomputed)."""
-    return pickle.loads(blob[1:]) if blob[:1] == _PICKLED else _decode_commands(blob)
+    return _COMMANDS.decode(blob)
 
 
 def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
-    return _lossless(outcomes)
+    return _OUTCOMES.encode(outcomes)
 
 
 def decode_outcomes(blob: bytes) -> list[Outcome]:
     """The outcomes of `encode_outcomes`, equal to those encoded (a body's tuples come back as lists, as JSON has)."""
-    return pickle.loads(blob[1:]) if blob[:1] == _PICKLED else _decode_outcomes(blob)
+    return _OUTCOMES.decode(blob)
