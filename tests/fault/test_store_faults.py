@@ -46,8 +46,8 @@ def test_a_poison_command_does_not_sink_its_batch_and_leaves_nothing_half_writte
 
 
 def test_a_locked_database_is_reported_unavailable_and_nothing_is_written(site_db, tariff, rules, tmp_path):
-    # A short busy timeout, so the test does not wait 30 s for each attempt.
-    impatient = _engine_with_busy_timeout(site_db.url, 0.2)
+    # A short lock wait, so the test does not wait 30 s for each attempt.
+    impatient = make_engine(site_db.url, lock_wait_s=0.2)
     desk = Desk(ClearancePipeline(impatient, "A", 1, tariff, rules, retry_attempts=2), tariff)
     tax_code = site_db.active_enterprises(1)[0]
     blocker = _other_writer(site_db.url)
@@ -87,14 +87,3 @@ def _other_writer(url: str) -> sqlite3.Connection:
     conn.execute("BEGIN IMMEDIATE")
     return conn
 
-
-def _engine_with_busy_timeout(url: str, seconds: float):
-    from sqlalchemy import event
-
-    engine = make_engine(url)
-
-    @event.listens_for(engine, "connect")
-    def short_timeout(dbapi_conn, _record):
-        dbapi_conn.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
-
-    return engine
