@@ -63,11 +63,12 @@ def build_site(settings: Settings, site_id: str, *, in_process: bool = False,
         pool.start()
     else:
         pool.attach(workers_namespace)
-    batcher = MicroBatcher(pool.submit, settings.ray.workers, settings.intake.batch_max_items,
+    partitions = settings.clearance_workers(site_id)
+    batcher = MicroBatcher(pool.submit, partitions, settings.intake.batch_max_items,
                            settings.intake.batch_max_wait_ms / 1000, on_batch=metrics.batch_size.observe)
 
     async def submit(command: Command) -> Outcome:
-        return await batcher.submit(partition_for(command.office_code, settings.ray.workers), command)
+        return await batcher.submit(partition_for(command.office_code, partitions), command)
 
     keeper = lease_keeper(settings, site_id, renew, metrics) if renew is not None else None
 
@@ -109,7 +110,7 @@ def worker_pool(settings: Settings, site_id: str, metrics: SiteMetrics, *,
                       risk_rules=settings.path(settings.reference.risk_rules),
                       number_block_size=settings.intake.number_block_size)
     pool_type = InProcessPool if in_process else WorkerPool
-    return pool_type(spec, settings.ray.workers, attempts=settings.intake.call_attempts,
+    return pool_type(spec, settings.clearance_workers(site_id), attempts=settings.intake.call_attempts,
                      call_timeout_s=settings.intake.call_timeout_s,
                      on_restart=lambda p: metrics.worker_restarts.labels(str(p)).inc())
 

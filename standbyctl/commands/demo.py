@@ -72,7 +72,7 @@ def demo(cli: CliContext, site_id: str, declarations: int, concurrency: int, ser
     http = settings.site(site_id).http
     port = http.port if _port_free(http.host, http.port) else _free_port(http.host)
     server = BackgroundServer(site.app, http.host, port).start()
-    click.echo(f"  site {site_id} serving {server.url} (primary, {settings.ray.workers} workers)")
+    click.echo(f"  site {site_id} serving {server.url} (primary, {settings.clearance_workers(site_id)} workers)")
     try:
         tariff = load_tariff(settings.path(settings.reference.tariffs))
         started = time.perf_counter()

@@ -73,3 +73,21 @@ def test_command_line_overrides_merge_into_the_files_sections(tmp_path):
         "ray": {"workers": 8, "address": "x"}, "sites": {"A": {"site_digit": 1}}, "witness_url": "w"}
     assert base == {"ray": {"workers": 8}, "sites": {"A": {"site_digit": 1}}}  # not changed in place
     assert merged({"ray": {"workers": 8}}, {"ray": None}) == {"ray": None}  # a non-mapping value replaces
+
+
+def test_auto_workers_are_one_on_sqlite_and_two_on_postgresql_and_a_number_is_kept(tmp_path):
+    config = tmp_path / "standby.yaml"
+    config.write_text("root: .\nsites:\n  A: {site_digit: 1, database_url: 'sqlite:///a.db'}\n"
+                      "  B: {site_digit: 2, database_url: 'postgresql+psycopg://u@h/b'}\n")
+    settings = load_settings(config)
+    assert settings.ray.workers == "auto"
+    assert (settings.clearance_workers("A"), settings.clearance_workers("B")) == (1, 2)
+    pinned = load_settings(config, {"ray": {"workers": 3}})
+    assert (pinned.clearance_workers("A"), pinned.clearance_workers("B")) == (3, 3)
+
+
+def test_workers_must_be_a_count_or_auto(tmp_path):
+    config = tmp_path / "standby.yaml"
+    config.write_text("root: .\nray: {workers: many}\nsites:\n  A: {site_digit: 1, database_url: 'sqlite:///a.db'}\n")
+    with pytest.raises(ConfigError, match="workers"):
+        load_settings(config)
