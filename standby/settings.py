@@ -14,7 +14,19 @@ class _Strict(BaseModel):
 
 
 AUTO_HTTP_PROCESSES_MAX = 4
-AUTO_WORKERS_POSTGRES = 2
+AUTO_WRITERS_POSTGRES = 2
+
+
+def writers_for(count: int | Literal["auto"], database_url: str) -> int:
+    """How many workers write into the database at `database_url` at once (ClearanceWorkers into a site's, apply
+    workers into a standby's): `count`, or for auto one into SQLite and AUTO_WRITERS_POSTGRES into PostgreSQL. A
+    SQLite file has one write lock, held by a transaction from its first statement to its commit, so a second
+    writer adds no parallel writing, only a queue for that lock (measured at 12x design on 2 cores: green p99 55 ms
+    with one ClearanceWorker, 96-100 ms with two; apply workers' CPU 10.5-11% of a core with one, 18-19% with two,
+    at 16x). PostgreSQL lets them write at once."""
+    if count != "auto":
+        return count
+    return 1 if database_url.startswith("sqlite") else AUTO_WRITERS_POSTGRES
 
 
 class HttpSettings(_Strict):
@@ -41,16 +53,7 @@ class RaySettings(_Strict):
     address: str | None = Field(None, description="join this Ray cluster; None starts a local Ray")
     workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
         "auto", description="ClearanceWorker actors of a site, one per partition of its customs offices; auto: one "
-                            f"on SQLite, {AUTO_WORKERS_POSTGRES} on PostgreSQL")
-
-    def worker_count(self, database_url: str) -> int:
-        """How many ClearanceWorkers serve a site whose database is `database_url`. A SQLite file has one write
-        lock and a batch holds it from its first statement to its commit, so a second worker adds no parallel
-        writing, only a queue for that lock (measured at 12x design on 2 cores: green p99 55 ms with one worker,
-        96-100 ms with two). PostgreSQL lets partitions write at once."""
-        if self.workers != "auto":
-            return self.workers
-        return 1 if database_url.startswith("sqlite") else AUTO_WORKERS_POSTGRES
+                            f"on SQLite, {AUTO_WRITERS_POSTGRES} on PostgreSQL (see writers_for)")
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray; None lets Ray decide")
 
 
@@ -80,7 +83,9 @@ class AuthSettings(_Strict):
 class ReplicationSettings(_Strict):
     """Replicators that a runbook starts (the reverse stream of a switchover)."""
 
-    partitions: int = Field(2, ge=1, le=32, description="apply workers of a stream a runbook starts")
+    partitions: Annotated[int, Field(ge=1, le=32)] | Literal["auto"] = Field(
+        "auto", description="apply workers of a stream a runbook sets up; auto: one into a SQLite standby, "
+                            f"{AUTO_WRITERS_POSTGRES} into PostgreSQL (see writers_for)")
     metrics_port: int = Field(9464, ge=0, le=65535,
                               description="where that replicator serves /metrics (Prometheus scrapes 9464); 0: none")
     idle_sleep_ms: float = Field(20.0, ge=0, le=10_000,
@@ -244,7 +249,7 @@ class Settings(_Strict):
     def clearance_workers(self, site_id: str) -> int:
         """The number of ClearanceWorkers (partitions) of site `site_id`: ray.workers, or what auto picks for its
         database."""
-        return self.ray.worker_count(self.database_url(site_id))
+        return writers_for(self.ray.workers, self.database_url(site_id))
 
 
 class ConfigError(Exception):

@@ -199,7 +199,7 @@ def stop_stream(ctx: ActionContext, args: StopArgs) -> dict:
     ctx.progress(f"stream {stream} stopped at positions {positions}" + (f"; killed pid {sorted(set(killed))}"
                                                                         if killed else ""))
     # The replicator keeps one position per partition: their count is the partitioning the divergence needs.
-    return {"stream": stream, "partitions": len(positions) or sites.partitions,
+    return {"stream": stream, "partitions": len(positions) or sites.partitions_into(args.standby),
             "positions": {str(p): v for p, v in positions.items()}, "applied": min(positions.values(), default=0),
             "killed": sorted(set(killed)), **_estimate_inputs(ctx, sites, args.standby, stream)}
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 from sqlalchemy import Engine, func, select
@@ -22,7 +23,7 @@ from replication.progress import applied_position, committed_position, wait_unti
 from replication.sources import open_source, stream_name
 from replication.verify import verify
 from standby.processes import command_line, pid_alive
-from standby.settings import Settings
+from standby.settings import Settings, writers_for
 from standby.store.engine import make_engine
 from standby.store.schema import replication_heartbeat, replication_state
 from standby.store.site import SiteControl, read_control
@@ -33,7 +34,7 @@ class Sites:
     settings: Settings
     witness: Witness
     config_path: Path | None = None  # for the replicator process an action may start
-    partitions: int = 2
+    partitions: int | Literal["auto"] = "auto"  # apply workers of a stream an action sets up: see partitions_into
     replicator_metrics_port: int = 0  # settings.replication.metrics_port (Prometheus scrapes 9464); 0: none
     clock: Callable[[], float] = time.time
     _engines: dict[tuple[str, bool], Engine] = field(default_factory=dict)
@@ -41,6 +42,11 @@ class Sites:
 
     def database_url(self, site_id: str) -> str:
         return self.settings.database_url(site_id)
+
+    def partitions_into(self, site_id: str) -> int:
+        """The apply workers of a new stream into site `site_id`: `partitions`, or for auto what
+        standby.settings.writers_for picks for its database."""
+        return writers_for(self.partitions, self.database_url(site_id))
 
     def engine(self, site_id: str, writer: bool = True) -> Engine:
         key = (site_id, writer)
@@ -123,7 +129,8 @@ class Sites:
         with open(folder / f"replicate-{stream}.log", "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "standbyctl.cli", "--config", str(self.config_path), "replicate",
-                 "--from", primary, "--to", standby, "--metrics-port", str(port), "--partitions", str(self.partitions)],
+                 "--from", primary, "--to", standby, "--metrics-port", str(port),
+                 "--partitions", str(self.partitions_into(standby))],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         pid_file.write_text(str(proc.pid))
         return proc.pid

@@ -22,14 +22,17 @@ from replication.verify import verify as verify_tables
 from standby.domain.states import SiteRole
 from standby.heap import freeze_startup_heap
 from standby.ray_runtime import database_out_of_reach, ensure_ray, shutdown_ray
+from standby.settings import writers_for
 from standby.store.site import read_control
 
 
 @click.command()
 @click.option("--from", "source_site", required=True, metavar="ID", help="the primary site to copy from")
 @click.option("--to", "target_site", required=True, metavar="ID", help="the standby site to keep equal to it")
-@click.option("--partitions", type=click.IntRange(1, 32), default=2, show_default=True,
-              help="apply workers; a declaration's rows always share one")
+@click.option("--partitions", type=click.IntRange(1, 32), default=None,
+              help="apply workers; a declaration's rows always share one. Default: the stream's own count when it "
+                   "was set up before, else replication.partitions (auto: 1 into a SQLite standby, whose one write "
+                   "lock a second worker only queues for; 2 into PostgreSQL)")
 @click.option("--window", type=click.IntRange(1, 100_000), default=5000, show_default=True,
               help="row changes read per step (a transaction is never split)")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=9464, show_default=True,
@@ -39,7 +42,7 @@ from standby.store.site import read_control
               help="PostgreSQL: drop this stream's replication slot on the primary and exit (the primary stops "
                    "keeping WAL for it; the stream then needs a new standby snapshot)")
 @pass_cli
-def replicate(cli: CliContext, source_site: str, target_site: str, partitions: int, window: int,
+def replicate(cli: CliContext, source_site: str, target_site: str, partitions: int | None, window: int,
               metrics_port: int, once: bool, drop_slot: bool) -> None:
     """Keep TARGET a copy of SOURCE: an initial snapshot, then every committed change in commit order, exactly once.
 
@@ -76,9 +79,13 @@ def replicate(cli: CliContext, source_site: str, target_site: str, partitions: i
     started_ray = ensure_ray(settings.ray.address, settings.ray.num_cpus)
     if reason := database_out_of_reach(target_site, settings.database_url(target_site), "apply workers"):
         fail(reason, 2)
+    applier = Applier(apply_engine(settings.database_url(target_site)))
+    if partitions is None:
+        partitions = (len(applier.positions(stream))
+                      or writers_for(settings.replication.partitions, settings.database_url(target_site)))
     pool = ApplyPool(settings.database_url(target_site), partitions)
     pool.start()
-    replicator = Replicator(source, pool, Applier(apply_engine(settings.database_url(target_site))),
+    replicator = Replicator(source, pool, applier,
                             ReplicatorOptions(stream, partitions, window,
                                               idle_sleep_s=settings.replication.idle_sleep_ms / 1000), metrics,
                             heartbeat=lambda now: write_heartbeat(primary, source_site, now))

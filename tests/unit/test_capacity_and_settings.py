@@ -86,6 +86,14 @@ def test_auto_workers_are_one_on_sqlite_and_two_on_postgresql_and_a_number_is_ke
     assert (pinned.clearance_workers("A"), pinned.clearance_workers("B")) == (3, 3)
 
 
+def test_apply_partitions_follow_the_same_rule_as_workers():
+    from standby.settings import ReplicationSettings, writers_for
+
+    assert ReplicationSettings().partitions == "auto"
+    assert [writers_for("auto", "sqlite:///b.db"), writers_for("auto", "postgresql+psycopg://u@h/b"),
+            writers_for(4, "sqlite:///b.db")] == [1, 2, 4]
+
+
 def test_workers_must_be_a_count_or_auto(tmp_path):
     config = tmp_path / "standby.yaml"
     config.write_text("root: .\nray: {workers: many}\nsites:\n  A: {site_digit: 1, database_url: 'sqlite:///a.db'}\n")
