@@ -167,7 +167,8 @@ def reverse_stream(ctx: ActionContext, args: RunArgs) -> dict:
     old_url, new_url = sites.database_url(args.site), sites.database_url(args.primary)
     retire_stream(old_url, new_url, divergence.stream)
     stream = divergence.reverse_stream or stream_name(args.primary, args.site)
-    position = start_stream_at(old_url, stream, sites.partitions_into(args.site), divergence.reverse_start, clock=ctx.clock)
+    position = start_stream_at(old_url, stream, sites.partitions_into(args.site), divergence.reverse_start,
+                               clock=ctx.clock)
     return {"stream": stream, "position": position, "retired": divergence.stream}
 
 

@@ -208,7 +208,8 @@ def prepare_reverse_stream(ctx: ActionContext, args: PairArgs) -> dict:
     writes is missed (its consumer may start after). `primary` here is the new primary."""
     sites: Sites = ctx.services
     position = prepare_stream(sites.database_url(args.primary), sites.database_url(args.standby),
-                              stream_name(args.primary, args.standby), sites.partitions_into(args.standby), replace=True)
+                              stream_name(args.primary, args.standby), sites.partitions_into(args.standby),
+                              replace=True)
     return {"stream": stream_name(args.primary, args.standby), "position": position}
 
 

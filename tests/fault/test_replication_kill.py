@@ -40,8 +40,10 @@ def _config(tmp: Path, primary_url: str, standby_url: str) -> Path:
 
 
 def _replicate(config: Path, once: bool = False) -> subprocess.Popen:
+    # Two apply workers (auto would give one into SQLite): each partition keeps its own position, and every one of
+    # them must survive the kills; finish_and_verify's Stream resumes with the same two.
     cmd = [sys.executable, "-m", "standbyctl.cli", "--config", str(config), "replicate", "--from", "A", "--to", "B",
-           "--metrics-port", "0", "--window", "500"] + (["--once"] if once else [])
+           "--metrics-port", "0", "--window", "500", "--partitions", "2"] + (["--once"] if once else [])
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
 
 
