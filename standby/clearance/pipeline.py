@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection, Engine, and_, bindparam, or_, select
+from sqlalchemy import Connection, Engine, bindparam, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -27,10 +27,13 @@ from standby.store.schema import idempotency_keys
 from standby.store.site import lock_control_for_batch
 
 # Both IN lists on the primary key (principal, key): SQLite and PostgreSQL search the index for each pair of the
-# cross product; a pair no command asked for is dropped after reading. Built once (see standby.clearance.batch), for
-# the small batches of moderate rates; past CROSS_PRODUCT_MAX probes an OR of (principal = ? AND key IN ...) per
-# principal, which probes once per command (a row-value IN would scan the table on SQLite).
-CROSS_PRODUCT_MAX = 64
+# cross product; a pair no command asked for is dropped after reading. Built once (see standby.clearance.batch). A
+# batch is probed STORED_PROBE_CHUNK commands at a time, in (principal, key) order, so a probe searches at most
+# 16 x 16 pairs however large the batch. Measured on SQLite with 300,000 stored keys (one transaction, 16 to 500
+# commands): 0.2 ms for 16 commands, 6 ms for 500, against 1.0 and 66 ms for a statement built per batch with an OR
+# of (principal = ? AND key IN ...) per principal, which compiling each new shape made the dearer (16% of a
+# ClearanceWorker's samples at 16x design).
+STORED_PROBE_CHUNK = 16
 _STORED_ANSWERS = select(idempotency_keys).where(
     idempotency_keys.c.principal.in_(bindparam("principals", expanding=True)),
     idempotency_keys.c.key.in_(bindparam("keys", expanding=True)))
@@ -161,16 +164,12 @@ class ClearancePipeline:
 
     def _stored_answers(self, conn: Connection, commands: Sequence[Command]) -> dict:
         wanted = {(c.principal.key, c.idempotency_key) for c in commands}
-        principals, keys = sorted({p for p, _ in wanted}), sorted({k for _, k in wanted})
-        if len(principals) * len(keys) <= CROSS_PRODUCT_MAX:
-            rows = conn.execute(_STORED_ANSWERS, {"principals": principals, "keys": keys}).mappings()
-        else:  # a large batch of many principals: one probe per command, in a statement built for this batch
-            by_principal: dict[str, list[str]] = {}
-            for p, k in sorted(wanted):
-                by_principal.setdefault(p, []).append(k)
-            t = idempotency_keys.c
-            rows = conn.execute(select(idempotency_keys).where(or_(
-                *(and_(t.principal == p, t.key.in_(ks)) for p, ks in by_principal.items())))).mappings()
+        pairs = sorted(wanted)
+        rows = []
+        for start in range(0, len(pairs), STORED_PROBE_CHUNK):
+            chunk = pairs[start:start + STORED_PROBE_CHUNK]
+            rows += conn.execute(_STORED_ANSWERS, {"principals": sorted({p for p, _ in chunk}),
+                                                   "keys": sorted({k for _, k in chunk})}).mappings()
         answers = {}
         for row in rows:
             if (row["principal"], row["key"]) not in wanted:  # another principal's key of the same name

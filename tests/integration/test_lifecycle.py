@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from standby.clearance.commands import Command, Op, Principal, Role
-from standby.clearance.pipeline import CROSS_PRODUCT_MAX, ClearancePipeline
+from standby.clearance.pipeline import STORED_PROBE_CHUNK, ClearancePipeline
 from standby.domain.states import IntakeState, Kind, SiteRole
 from standby.store.schema import audit_log, declarations, goods_lines, idempotency_keys, officer_assignments
 from standby.store.site import set_intake
@@ -154,12 +154,12 @@ def test_two_principals_with_the_same_key_each_get_their_own_answer(site, desk):
     assert len({earlier.body["number"], own.body["number"], other.body["number"]}) == 3
 
 
-@pytest.mark.parametrize("declarants", [2, 40])  # below and above CROSS_PRODUCT_MAX probes
+@pytest.mark.parametrize("declarants", [2, 40])  # one probe for stored answers, and five
 def test_a_replayed_batch_answers_every_command_from_its_own_record(site, desk, declarants):
     tax_codes = site.active_enterprises(declarants)
     batch = [Command(Op.PRE_DECLARE, Principal(Role.DECLARANT, tax_codes[i % declarants]), f"replay-{i}",
                      desk.payload(tax_codes[i % declarants]), "01CA") for i in range(declarants * 2)]
-    assert (declarants * len(batch) <= CROSS_PRODUCT_MAX) == (declarants == 2)
+    assert (len(batch) <= STORED_PROBE_CHUNK) == (declarants == 2)
     first = desk.pipeline.process(batch)
     again = desk.pipeline.process(batch)
     assert all(o.status == 201 for o in first)
