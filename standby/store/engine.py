@@ -43,12 +43,12 @@ def _sqlite_on_connect(writer: bool, lock_wait_s: float) -> Callable:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
+        record.info["capture_txn"] = cur.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'capture_txn'").fetchone() is not None
         # A writer waits for the lock in _sqlite_begin_immediate, not in SQLite's busy handler. Inside a write
         # transaction, in WAL mode, no statement meets a lock (SQLite's wal.html lists the cases: opening and
         # recovery, both met by the BEGIN). A reader keeps the busy handler for those rare cases.
         cur.execute(f"PRAGMA busy_timeout={0 if writer else int(lock_wait_s * 1000)}")  # numbers, not input
-        record.info["capture_txn"] = cur.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'capture_txn'").fetchone() is not None
         cur.close()
     return on_connect
 
