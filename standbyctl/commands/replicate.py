@@ -110,11 +110,12 @@ def replicate(cli: CliContext, source_site: str, target_site: str, partitions: i
 def _stream(cli: CliContext, replicator: Replicator, standby, stop: threading.Event, once: bool) -> None:
     """Start (snapshot or resume) and stream: until caught up with `once`, else until stopped or finished (the
     source retired and everything it committed applied: then the stream is retired)."""
-    stream = replicator.o.stream
+    stream, workers = replicator.o.stream, replicator.o.partitions
+    applying = f"{workers} apply worker{'s' if workers > 1 else ''}"
     if replicator.start(progress=_snapshot_progress()):
-        click.echo(f"\nsnapshot copied; streaming from position {replicator.applied_position}")
+        click.echo(f"\nsnapshot copied; streaming from position {replicator.applied_position} with {applying}")
     else:
-        click.echo(f"resuming stream {stream} from position {replicator.applied_position}")
+        click.echo(f"resuming stream {stream} from position {replicator.applied_position} with {applying}")
     if once:  # each look at the standby that finds it behind steps the stream once more
         wait_until_applied(replicator.source, standby, stream, timeout_s=replicator.o.give_up_after_s,
                            sleep=lambda _s: replicator.step())
