@@ -61,18 +61,24 @@ def _sqlite_begin_immediate(lock_wait_s: float) -> Callable:
         # pysqlite's own BEGIN is deferred; a deferred reader that later writes can deadlock with another writer.
         raw = conn.connection.dbapi_connection
         try:
-            try:
-                raw.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as first:
-                if not _is_busy(first):
-                    raise
-                waiting.copy()(raw.execute, "BEGIN IMMEDIATE")  # a copy per wait: writers share the engine
-        except sqlite3.Error:
-            # The last try goes through SQLAlchemy, so a lock held past the wait (or any other failure) is raised as
-            # it always was: OperationalError "database is locked", which callers take as "unavailable, retry".
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            raw.execute("BEGIN IMMEDIATE")  # the usual case: the lock is free, and no tenacity on the hot path
+        except sqlite3.Error as first:
+            _wait_for_write_lock(conn, raw, first, waiting)
         _count_transaction(conn)
     return begin
+
+
+def _wait_for_write_lock(conn, raw, first: sqlite3.Error, waiting: Retrying) -> None:
+    """BEGIN IMMEDIATE again, after `first` failed: polled while the lock is taken, for as long as `waiting` allows.
+    A lock held past the wait, or any other failure, takes a last try through SQLAlchemy, so it is raised as it
+    always was: OperationalError "database is locked", which callers take as "unavailable, retry"."""
+    if _is_busy(first):
+        try:
+            waiting.copy()(raw.execute, "BEGIN IMMEDIATE")  # a copy per wait: writers share the engine
+            return
+        except sqlite3.Error:
+            pass
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _is_busy(exc: BaseException) -> bool:

@@ -98,7 +98,8 @@ def _serve_one_process(settings: Settings, site_id: str, control, witness, renew
                       sync_positions=positions, renew=renew)
     _warn_without_tokens(settings, len(site.services.tokens))
     click.echo(f"site {site_id}: {control.role.value}, epoch {control.epoch}, intake {control.intake_state.value}; "
-               f"{settings.clearance_workers(site_id)} clearance workers {'in this process' if in_process else 'on Ray'}")
+               f"{settings.clearance_workers(site_id)} clearance workers "
+               f"{'in this process' if in_process else 'on Ray'}")
     _announce(settings, site_id, host, port, 1)
     try:
         run_forever(site.app, host, port)
@@ -136,8 +137,8 @@ def _serve_processes(settings: Settings, site_id: str, control, renew, listener,
         supervisor.start()
         _warn_without_tokens(settings, len(ReloadingTokenRegistry(settings.path(settings.auth.tokens_file))))
         click.echo(f"site {site_id}: {control.role.value}, epoch {control.epoch}, intake "
-                   f"{control.intake_state.value}; {settings.clearance_workers(site_id)} clearance workers on Ray, shared by "
-                   f"{count} HTTP processes (pids {', '.join(map(str, supervisor.pids))})")
+                   f"{control.intake_state.value}; {settings.clearance_workers(site_id)} clearance workers on Ray, "
+                   f"shared by {count} HTTP processes (pids {', '.join(map(str, supervisor.pids))})")
         _announce(settings, site_id, host, port, count)
         supervisor.run()
     except CrashLoop as exc:
