@@ -27,6 +27,7 @@ from locust.runners import WorkerRunner
 from locust.user.wait_time import constant_pacing
 
 from loadtests import profile as lp
+from loadtests.keepalive import use_poll_for_liveness
 from loadtests.latency_log import LatencyLog, log_path
 from loadtests.slo import DECISION, LAG
 from loadtests.users_support import FreezeWatch, Setup, call, fire, watch_replication
@@ -60,6 +61,7 @@ def _options(parser) -> None:
 
 @events.init.add_listener
 def _init(environment, **_kw) -> None:
+    use_poll_for_liveness()  # every process: past ~1,000 users the library's own check reconnects every request
     if environment.parsed_options is None:  # used as a library: the caller sets SETUP up
         return
     SETUP.load(environment.parsed_options)
