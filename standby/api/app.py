@@ -24,6 +24,7 @@ from standby.api.auth import TokenRegistry
 from standby.api.contract import (BEARER, Health, IdempotencyKey, Number, Readiness, SiteState, answers,
                                   published)
 from standby.api.errors import ApiError
+from standby.api.fast_path import FastPath, HotRoutes, HotWrite
 from standby.api.hold import HoldQueue, HoldResult
 from standby.api.metrics import SiteMetrics
 from standby.api.models import AmendIn, DecisionIn, PaymentIn, PreDeclareIn
@@ -289,15 +290,18 @@ def create_app(services: SiteServices) -> FastAPI:
     app.add_exception_handler(Exception, errors.on_unexpected)
     app.openapi = lambda: published(app)
     app.state.services = services
-    _routes(app, services)
+    app.state.hot_routes = _routes(app, services)
     app.add_middleware(errors.BodyLimit, limit=services.max_body_bytes)
+    # outermost, so a request it answers skips the whole stack; one it passes on meets the body limit as before
+    app.add_middleware(FastPath, routes=app.state.hot_routes, limit=services.max_body_bytes,
+                       handlers=app.exception_handlers)
     return app
 
 
-def _auth(services: SiteServices, *roles: Role):
-    # The bearer scheme is declared for the document (BEARER); the header is read here, so the refusals are ours.
-    async def dependency(authorization: str | None = Header(None, include_in_schema=False),
-                         _scheme: object = Security(BEARER)) -> Principal:
+def _authorizer(services: SiteServices, *roles: Role):
+    """The caller's principal from the Authorization header's value, for a route open to `roles` (any, if none);
+    raises ApiError 401 or 403."""
+    def authorize(authorization: str | None) -> Principal:
         if not authorization or not authorization.startswith("Bearer "):
             raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>'",
                            headers={"WWW-Authenticate": "Bearer"})
@@ -309,6 +313,14 @@ def _auth(services: SiteServices, *roles: Role):
             raise ApiError(403, "forbidden", f"this endpoint is for {', '.join(r.value for r in roles)} tokens, "
                                              f"not {principal.role.value}")
         return principal
+    return authorize
+
+
+def _auth(authorize):
+    # The bearer scheme is declared for the document (BEARER); the header is read here, so the refusals are ours.
+    async def dependency(authorization: str | None = Header(None, include_in_schema=False),
+                         _scheme: object = Security(BEARER)) -> Principal:
+        return authorize(authorization)
     return dependency
 
 
@@ -318,10 +330,11 @@ async def _idempotency_key(idempotency_key: IdempotencyKey) -> str:
     return idempotency_key
 
 
-def _routes(app: FastAPI, s: SiteServices) -> None:
-    declarant_or_operator = _auth(s, Role.DECLARANT, Role.OPERATOR)
-    officer = _auth(s, Role.OFFICER, Role.OPERATOR)
-    anyone = _auth(s)
+def _routes(app: FastAPI, s: SiteServices) -> HotRoutes:
+    """Adds the routes to `app`; returns the hot ones' functions for the fast path, which the endpoints call too."""
+    may_declare, may_decide, may_read = (_authorizer(s, Role.DECLARANT, Role.OPERATOR),
+                                         _authorizer(s, Role.OFFICER, Role.OPERATOR), _authorizer(s))
+    declarant_or_operator, officer, anyone = _auth(may_declare), _auth(may_decide), _auth(may_read)
     names = UnitNames()
 
     async def carry_out(op: Op, principal: Principal, key: str, payload: dict, office: str) -> JSONResponse:
@@ -367,50 +380,63 @@ def _routes(app: FastAPI, s: SiteServices) -> None:
                 offices_by_base.popitem(last=False)
         return office
 
+    async def pre_declare_(principal: Principal, key: str, body: PreDeclareIn, _number: None) -> JSONResponse:
+        return await carry_out(Op.PRE_DECLARE, principal, key, body.model_dump(mode="json"), body.office_code)
+
+    async def register_(principal: Principal, key: str, _body: None, number: str) -> JSONResponse:
+        return await carry_out(Op.REGISTER, principal, key, {"number": number}, await office_of(number))
+
+    def by_number(op: Op):
+        async def carry(principal: Principal, key: str, body, number: str) -> JSONResponse:
+            return await carry_out(op, principal, key, {"number": number, **body.model_dump(mode="json")},
+                                   await office_of(number))
+        return carry
+    amend_, pay_, decide_ = by_number(Op.AMEND), by_number(Op.PAY), by_number(Op.DECIDE)
+
+    def read_(number: str, principal: Principal) -> JSONResponse:
+        return JSONResponse(declaration_body(s.read_engine, s.site_id, number, principal, names))
+
     @app.post("/v1/declarations", status_code=201, tags=["intake"], summary="Pre-declare (IDA import / EDA export)",
               responses=answers("pre_declare"))
     async def pre_declare(body: PreDeclareIn, principal: Principal = Depends(declarant_or_operator),
                           key: str = Depends(_idempotency_key)):
-        return await carry_out(Op.PRE_DECLARE, principal, key, body.model_dump(mode="json"), body.office_code)
+        return await pre_declare_(principal, key, body, None)
 
     @app.post("/v1/declarations/{number}/registration", tags=["intake"], responses=answers("register"),
               summary="Register (IDC / EDC): the lane is decided and, for yellow and red, an officer assigned")
     async def register(number: Number, principal: Principal = Depends(declarant_or_operator),
                        key: str = Depends(_idempotency_key)):
-        return await carry_out(Op.REGISTER, principal, key, {"number": number}, await office_of(number))
+        return await register_(principal, key, None, number)
 
     @app.post("/v1/declarations/{number}/amendments", tags=["intake"], summary="Amend (IDE / EDE)",
               responses=answers("amend"))
     async def amend(number: Number, body: AmendIn, principal: Principal = Depends(declarant_or_operator),
                     key: str = Depends(_idempotency_key)):
-        return await carry_out(Op.AMEND, principal, key, {"number": number, **body.model_dump(mode="json")},
-                               await office_of(number))
+        return await amend_(principal, key, body, number)
 
     @app.post("/v1/declarations/{number}/payments", tags=["intake"], summary="Pay the outstanding duty and VAT",
               responses=answers("pay"))
     async def pay(number: Number, body: PaymentIn, principal: Principal = Depends(declarant_or_operator),
                   key: str = Depends(_idempotency_key)):
-        return await carry_out(Op.PAY, principal, key, {"number": number, **body.model_dump(mode="json")},
-                               await office_of(number))
+        return await pay_(principal, key, body, number)
 
     @app.post("/v1/declarations/{number}/decision", tags=["officers"], responses=answers("decide"),
               summary="An officer's document-check or inspection result")
     async def decide(number: Number, body: DecisionIn, principal: Principal = Depends(officer),
                      key: str = Depends(_idempotency_key)):
-        return await carry_out(Op.DECIDE, principal, key, {"number": number, **body.model_dump(mode="json")},
-                               await office_of(number))
+        return await decide_(principal, key, body, number)
 
     # Reads are plain functions: FastAPI runs them in its threadpool, off the event loop that carries intake.
     @app.get("/v1/declarations/{number}", tags=["reads"], summary="A declaration with its goods lines",
              responses=answers("get_declaration"))
     def get_declaration(number: Number, principal: Principal = Depends(anyone)):
-        return JSONResponse(declaration_body(s.read_engine, s.site_id, number, principal, names))
+        return read_(number, principal)
 
     add_org_routes(app, s.read_engine, s.site_id, names, anyone, officer)
 
     @app.get("/v1/officers/me/queue", tags=["officers"], summary="Declarations waiting for this officer",
              responses=answers("queue"))
-    def queue(principal: Principal = Depends(_auth(s, Role.OFFICER)),
+    def queue(principal: Principal = Depends(_auth(_authorizer(s, Role.OFFICER))),
               limit: int = Query(100, description="at most this many; taken as 1-1000")):
         limit = max(1, min(limit, 1000))
         with s.read_engine.connect() as conn:
@@ -449,6 +475,13 @@ def _routes(app: FastAPI, s: SiteServices) -> None:
             pending, oldest_at = backlog
             s.metrics.show_change_log(pending, max(0.0, time.time() - oldest_at) if oldest_at else 0.0)
         return Response(s.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return HotRoutes(writes={"declarations": HotWrite(may_declare, PreDeclareIn, pre_declare_),
+                             "registration": HotWrite(may_declare, None, register_),
+                             "amendments": HotWrite(may_declare, AmendIn, amend_),
+                             "payments": HotWrite(may_declare, PaymentIn, pay_),
+                             "decision": HotWrite(may_decide, DecisionIn, decide_)},
+                     read_authorize=may_read, read=read_)
 
 
 async def _through_gate(s: SiteServices, command: Command) -> Outcome:
