@@ -13,7 +13,7 @@ Contract (`FastPath`, a pure ASGI middleware wrapped around the FastAPI app):
   request's shape comes from the one place that publishes them, and the OpenAPI document stays the app's own.
 - An answered request runs the same route function the FastAPI endpoint runs (`HotRoutes`); an exception it raises is
   answered by the app's own exception handler for that exception, so the bytes are those FastAPI would send.
-- `answered` counts the requests it answered, by route (for tests and for a look at a running site).
+- `HotRoutes.answered` counts the requests it answered, by route, in this process (the tests read it).
 """
 from __future__ import annotations
 
