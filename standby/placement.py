@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from standby.settings import is_sqlite_url
+
 
 @dataclass(frozen=True)
 class ClusterNode:
@@ -27,7 +29,7 @@ def sqlite_out_of_reach(site_id: str, database_url: str, driver_ip: str, nodes: 
     Several nodes on the driver's own IP are allowed: they are Ray processes of this one machine (as the two-node
     test cluster is), which all open the same file. Dead nodes are ignored: Ray places nothing on them. Any other
     database (PostgreSQL) is reached over the network and is never refused here."""
-    if not database_url.startswith("sqlite"):
+    if not is_sqlite_url(database_url):
         return None
     remote = next((n for n in nodes if n.alive and n.ip != driver_ip), None)
     if remote is None:

@@ -26,7 +26,7 @@ def writers_for(count: int | Literal["auto"], database_url: str) -> int:
     at 16x). PostgreSQL lets them write at once."""
     if count != "auto":
         return count
-    return 1 if database_url.startswith("sqlite") else AUTO_WRITERS_POSTGRES
+    return 1 if is_sqlite_url(database_url) else AUTO_WRITERS_POSTGRES
 
 
 class HttpSettings(_Strict):
@@ -254,6 +254,21 @@ class Settings(_Strict):
 
 class ConfigError(Exception):
     """The configuration is unusable; the message names the file and the setting."""
+
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def is_sqlite_url(database_url: str) -> bool:
+    """True for a SQLite database (a file on this machine, or in memory)."""
+    return database_url.startswith("sqlite")
+
+
+def sqlite_file(database_url: str) -> Path | None:
+    """The file a sqlite:/// URL names (its query, if any, left off), or None for any other URL."""
+    if not database_url.startswith(SQLITE_PREFIX):
+        return None
+    return Path(database_url[len(SQLITE_PREFIX):].split("?", 1)[0])
 
 
 def resolve_sqlite_url(url: str, root: Path) -> str:

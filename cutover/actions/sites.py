@@ -23,7 +23,7 @@ from replication.progress import applied_position, committed_position, wait_unti
 from replication.sources import open_source, stream_name
 from replication.verify import verify
 from standby.processes import command_line, pid_alive
-from standby.settings import Settings, writers_for
+from standby.settings import Settings, is_sqlite_url, writers_for
 from standby.store.engine import make_engine
 from standby.store.schema import replication_heartbeat, replication_state
 from standby.store.site import SiteControl, read_control
@@ -90,7 +90,7 @@ class Sites:
     def backlog(self, primary: str, standby: str) -> tuple[int | None, float | None]:
         """Changes the standby has still to apply and its apply rate, where the positions count changes (SQLite's
         change log); PostgreSQL positions are WAL bytes, so (None, None) and the estimate uses the lag."""
-        if not self.database_url(primary).startswith("sqlite"):
+        if not is_sqlite_url(self.database_url(primary)):
             return None, None
         source = self.change_source(primary, standby)
         try:

@@ -17,7 +17,7 @@ from cutover.actions.freeze_estimate import estimate_freeze
 from cutover.actions.sites import Sites
 from cutover.runbook.actions import ActionArgs, ActionContext, ActionFailed, ActionRegistry
 from cutover.witness.contract import StaleEpoch
-from replication.progress import NotCaughtUp, applied_position, committed_position, wait_until_applied
+from replication.progress import NotCaughtUp, committed_position, wait_until_applied
 from replication.promotion import advance_sequences
 from replication.sources import stream_name
 from replication.streams import prepare_stream

@@ -14,7 +14,7 @@ from typing import Iterator
 import yaml
 from pydantic import ValidationError
 
-from cutover.orgchange.spec import ChangeSet, CoverageRow, Fate, Manifest, Problem, UnitFate, UnitKind
+from cutover.orgchange.spec import ChangeSet, CoverageRow, Fate, Manifest, Problem, UnitFate
 
 __all__ = ["ChangeSetError", "load_changeset", "MAPPING_COLUMNS", "COVERAGE_COLUMNS"]
 

@@ -20,6 +20,7 @@ from standby.store.engine import make_engine
 from standby.store.migrate import current_revision, head_revision, upgrade
 from standby.store.seed import seed as run_seed
 from standby.store.retention import count_older_than, prune_idempotency
+from standby.settings import sqlite_file
 from standby.store.site import init_site, read_control
 
 
@@ -137,9 +138,7 @@ def _existing_control(url: str, site_id: str) -> tuple[SiteRole, int] | None:
 
     Only the columns every revision has since the first (site_id, role, epoch), so a database at an older revision
     is read too; a SQLite file that is not there is not created here."""
-    from pathlib import Path
-
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+    if (path := sqlite_file(url)) is not None and not path.exists():
         return None
     engine = make_engine(url, writer=False)
     try:
@@ -234,10 +233,8 @@ def _progress():
 
 
 def _ensure_parent(url: str) -> None:
-    from pathlib import Path
-
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if (path := sqlite_file(url)) is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _safe(url: str) -> str:

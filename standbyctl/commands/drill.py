@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from standbyctl.context import CliContext, fail, pass_cli
+from standby.settings import sqlite_file
 
 
 def _fmt(value, unit: str = " s") -> str:
@@ -183,8 +184,8 @@ def _print_outcome(document: dict, root: Path, as_json: bool) -> None:
 def _check_workdir(settings, root: Path) -> None:
     """The run folder is emptied first: refuse one that holds the settings' own data (databases, tokens)."""
     kept = [settings.path(settings.auth.tokens_file), settings.path(settings.data_dir)]
-    kept += [Path(url.removeprefix("sqlite:///")) for url in
-             [settings.database_url(s) for s in settings.sites] + [settings.witness_url] if url.startswith("sqlite")]
+    urls = [settings.database_url(s) for s in settings.sites] + [settings.witness_url]
+    kept += [path for path in map(sqlite_file, urls) if path is not None]
     for path in kept:
         if path.resolve() == root or root in path.resolve().parents:
             fail(f"--workdir {root} would be emptied, and it holds {path}: choose a folder of the drill's own", 2)

@@ -19,6 +19,7 @@ from standby.store.engine import make_engine
 from standby.store.migrate import current_revision
 from standby.store.orgmap import active_map
 from standby.store.schema import declarations, enterprises, replication_state
+from standby.settings import sqlite_file
 from standby.store.site import read_control
 
 
@@ -68,10 +69,8 @@ def status(cli: CliContext, site_ids: tuple[str, ...], as_json: bool) -> None:
 
 def _witness_state(settings) -> tuple[WitnessState | None, str | None]:
     """The witness's state, or why there is none; status reports a missing witness, it never fails on it."""
-    from pathlib import Path
-
     url = witness_url(settings)
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):].split("?", 1)[0]).exists():
+    if (path := sqlite_file(url)) is not None and not path.exists():
         return None, f"none yet at {url} (`standbyctl db upgrade --site ID --role primary` creates it)"
     try:
         witness = open_witness(url, root=settings.root, retry_budget_s=2.0)

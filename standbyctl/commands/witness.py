@@ -5,13 +5,12 @@ import json
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
-from pathlib import Path
 
 import click
 
 from cutover.witness import Witness, WitnessError, WitnessState, WitnessUnavailable, open_witness
 from standbyctl.context import CliContext, fail, pass_cli
-from standby.settings import Settings, resolve_sqlite_url
+from standby.settings import Settings, resolve_sqlite_url, sqlite_file
 
 
 def witness_url(settings: Settings) -> str:
@@ -25,7 +24,7 @@ def open_settings_witness(settings: Settings, *, create: bool) -> Witness | None
     create=False is for readers: a SQLite witness file that does not exist yet gives None instead of creating it.
     An unreachable store exits 1; a URL no backend serves exits 2 (a settings mistake)."""
     url = witness_url(settings)
-    if not create and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):].split("?", 1)[0]).exists():
+    if not create and (path := sqlite_file(url)) is not None and not path.exists():
         return None
     try:
         return open_witness(url, root=settings.root)

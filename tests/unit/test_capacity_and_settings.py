@@ -94,6 +94,18 @@ def test_apply_partitions_follow_the_same_rule_as_workers():
             writers_for(4, "sqlite:///b.db")] == [1, 2, 4]
 
 
+def test_a_sqlite_url_names_its_file_without_the_query():
+    from pathlib import Path
+
+    from standby.settings import is_sqlite_url, sqlite_file
+
+    assert sqlite_file("sqlite:///var/a.db") == Path("var/a.db")
+    assert sqlite_file("sqlite:////abs/b.db?timeout=5") == Path("/abs/b.db")
+    assert sqlite_file("sqlite://") is None and sqlite_file("postgresql+psycopg://u@h/b") is None
+    assert [is_sqlite_url(u) for u in ("sqlite:///a.db", "sqlite://", "postgresql+psycopg://u@h/b")] == [
+        True, True, False]
+
+
 def test_workers_must_be_a_count_or_auto(tmp_path):
     config = tmp_path / "standby.yaml"
     config.write_text("root: .\nray: {workers: many}\nsites:\n  A: {site_digit: 1, database_url: 'sqlite:///a.db'}\n")
