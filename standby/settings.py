@@ -273,9 +273,8 @@ def sqlite_file(database_url: str) -> Path | None:
 
 def resolve_sqlite_url(url: str, root: Path) -> str:
     """Make a relative SQLite path absolute against root, so every process opens the same file."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-        return prefix + str((root / url[len(prefix):]).resolve())
+    if url.startswith(SQLITE_PREFIX) and not url.startswith(SQLITE_PREFIX + "/") and ":memory:" not in url:
+        return SQLITE_PREFIX + str((root / url[len(SQLITE_PREFIX):]).resolve())
     return url
 
 

@@ -87,6 +87,11 @@ async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
                                                      "it is logged"), 500)
 
 
+def declared_over_limit(content_length: bytes | str | None, limit: int) -> bool:
+    """True when a request's Content-Length header is over `limit` or not a number (None: not declared)."""
+    return content_length is not None and (not content_length.isdigit() or int(content_length) > limit)
+
+
 class BodyLimit:
     """Pure ASGI middleware: refuses bodies over `limit` bytes with 413 before the app reads them whole."""
 
@@ -96,8 +101,7 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+        if declared_over_limit(dict(scope.get("headers") or []).get(b"content-length"), self.limit):
             return await self._refuse(send)
         seen = 0
 

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from standby.api.contract import KEY_PATTERN, NUMBER_PATTERN
-from standby.api.errors import ApiError
+from standby.api.errors import ApiError, declared_over_limit
 from standby.clearance.commands import Principal
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,7 @@ class FastPath:
     def _within_limit(self, headers: dict) -> bool:
         """False when the declared Content-Length is over the limit or not a number: the body limit refuses those,
         even on a route that reads no body."""
-        length = headers.get(b"content-length")
-        return length is None or (length.isdigit() and int(length) <= self.limit)
+        return not declared_over_limit(headers.get(b"content-length"), self.limit)
 
     async def _body(self, headers: dict, receive) -> bytes | None:
         """The whole body, or None (nothing read) when the request is not a JSON body of a declared length."""

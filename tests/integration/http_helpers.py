@@ -1,6 +1,7 @@
 """Helpers shared by the HTTP test modules: requests with tokens and keys, refusal checks, lane hunting."""
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
 
@@ -22,6 +23,19 @@ _rng = random.Random(20250701)
 
 def payload(tariff, tax_code: str, office: str = OFFICE, kind: Kind = Kind.IMPORT) -> dict:
     return make_declaration_payload(_rng, kind, tax_code, office, tariff)
+
+
+@contextlib.contextmanager
+def not_taking_writes(served):
+    """The site hears of a newer epoch than its control row's (as from the witness after a failover elsewhere): its
+    gate refuses writes with 503 stale_epoch and /readyz says not ready, until it is told otherwise."""
+    services = served.site.services
+    before = services._authority_epoch
+    services._authority_epoch = 10**6
+    try:
+        yield
+    finally:
+        services._authority_epoch = before
 
 
 def bearer(token: str) -> dict:

@@ -2,12 +2,11 @@
 FastAPI would answer, and passes every other request to FastAPI untouched, so each refusal stays FastAPI's."""
 from __future__ import annotations
 
-import contextlib
 import uuid
 
 import pytest
 
-from tests.integration.http_helpers import bearer, payload, post, predeclare, refusal
+from tests.integration.http_helpers import bearer, not_taking_writes, payload, post, predeclare, refusal
 
 UNKNOWN = "199999999990"
 # A parameter on the media type is valid JSON to FastAPI, and not the fast path's exact shape: the same request
@@ -21,17 +20,6 @@ def answered(served):
     counter = served.site.app.state.hot_routes.answered
     start = dict(counter)
     return lambda: {name: n - start.get(name, 0) for name, n in counter.items() if n - start.get(name, 0)}
-
-
-@contextlib.contextmanager
-def not_taking_writes(served):
-    services = served.site.services
-    before = services._authority_epoch
-    services._authority_epoch = 10**6  # a newer epoch than the site's: its gate refuses writes (503 stale_epoch)
-    try:
-        yield
-    finally:
-        services._authority_epoch = before
 
 
 def _same_answer(fast, slow) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import jsonschema_rs
@@ -30,7 +29,8 @@ from standby.api.contract import NUMBER_PATTERN, OPERATIONS
 from standby.domain.errors import DomainError
 from standby.domain.numbers import DeclarationNumber
 from tests.conftest import ServedSite, make_site_db, serve_site
-from tests.integration.http_helpers import IMPORT_SECTION, OFFICE, OTHER_OFFICE, bearer, payload, predeclare
+from tests.integration.http_helpers import (IMPORT_SECTION, OFFICE, OTHER_OFFICE, bearer, not_taking_writes, payload,
+                                           predeclare)
 
 pytestmark = pytest.mark.ray
 
@@ -150,19 +150,6 @@ def _route_name(operation: dict) -> str:
     """FastAPI's operationId is '<function>_<path>_<method>': the route's function name is what contract.answers
     is keyed by."""
     return next(name for name in OPERATIONS if operation["operationId"].startswith(f"{name}_"))
-
-
-@contextmanager
-def not_taking_writes(served):
-    """The site hears of a newer epoch than its control row's (as from the witness after a failover elsewhere): its
-    gate refuses writes with 503 stale_epoch and /readyz says not ready, until it is told otherwise."""
-    services = served.site.services
-    before = services._authority_epoch
-    services._authority_epoch = 10**6
-    try:
-        yield
-    finally:
-        services._authority_epoch = before
 
 
 def test_every_error_status_an_operation_answers_is_documented_with_its_body(client, served, document, tariff,
